@@ -1,0 +1,104 @@
+"""The pieces of one GPT-1 block, as pure functions of TF-named parameters.
+
+``p`` below is one block's parameters as given by ``scope(params, 'model/h{i}/')``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config
+from .random import dropout, fold_in
+
+MASK_VALUE = -1e9  # TF's ``w * b - 1e9 * (1 - b)``; transformers uses -1e4
+
+
+def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """OpenAI layer norm ``(x - mean) * rsqrt(var + eps) * g + b`` over the last axis, var biased.
+
+    ``F.layer_norm`` computes exactly this formula in one fused kernel.  [..., n] -> [..., n]
+    """
+    return F.layer_norm(x, x.shape[-1:], g, b, eps)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU in the tanh form of the TF original."""
+    return F.gelu(x, approximate="tanh")
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+ACTIVATION_FNS = {"gelu": gelu, "relu": F.relu, "swish": swish}
+
+
+def conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """TF ``conv1d`` with a width-1 filter, i.e. a dense layer.  [..., nx], [1, nx, nf], [nf] -> [..., nf]"""
+    return torch.matmul(x, w[0]) + b
+
+
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """[..., T, H*D] -> [..., H, T, D]"""
+    return x.unflatten(-1, (n_head, -1)).transpose(-3, -2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[..., H, T, D] -> [..., T, H*D]"""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def causal_attention_reference(q, k, v, *, attn_pdrop: float, key, train: bool) -> torch.Tensor:
+    """Masked softmax attention as TF computes it, with dropout on the probabilities.
+
+    [..., H, T, D] x3 -> [..., H, T, D]. The mask writes exactly ``-1e9`` above the diagonal, which
+    equals TF's ``w * b - 1e9 * (1 - b)`` bit for bit for finite scores.
+    """
+    t = q.shape[-2]
+    w = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    w = torch.where(causal, w, torch.full_like(w, MASK_VALUE))
+    w = dropout(torch.softmax(w, dim=-1), attn_pdrop, key=key, train=train)
+    return torch.matmul(w, v)
+
+
+def causal_attention(q, k, v, *, attn_pdrop: float, key, train: bool) -> torch.Tensor:
+    """Causal attention; the fused SDPA kernel whenever no attention dropout is drawn.
+
+    SDPA's ``is_causal`` masks with ``-inf`` where TF uses ``-1e9``; both give probability exactly
+    0 after the softmax (every row keeps its finite diagonal), so only rounding differs.
+    Attention-probability dropout must come from our key, so training with ``attn_pdrop > 0``
+    takes the reference path.  [..., H, T, D] x3 -> [..., H, T, D]
+    """
+    if train and attn_pdrop > 0:
+        return causal_attention_reference(q, k, v, attn_pdrop=attn_pdrop, key=key, train=train)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def attn(p, x: torch.Tensor, *, cfg: Config, key, train: bool) -> torch.Tensor:
+    """Self-attention sub-layer with residual dropout after ``c_proj``.  [..., T, E] -> [..., T, E]"""
+    q, k, v = conv1d(x, p["attn/c_attn/w:0"], p["attn/c_attn/b:0"]).chunk(3, dim=-1)
+    q, k, v = (split_heads(t, cfg.n_head) for t in (q, k, v))
+    a = causal_attention(q, k, v, attn_pdrop=cfg.attn_pdrop, key=_sub(key, 0), train=train)
+    a = conv1d(merge_heads(a), p["attn/c_proj/w:0"], p["attn/c_proj/b:0"])
+    return dropout(a, cfg.resid_pdrop, key=_sub(key, 1), train=train)
+
+
+def mlp(p, x: torch.Tensor, *, cfg: Config, key, train: bool) -> torch.Tensor:
+    """Position-wise feed-forward sub-layer.  [..., T, E] -> [..., T, E]"""
+    h = ACTIVATION_FNS[cfg.afn](conv1d(x, p["mlp/c_fc/w:0"], p["mlp/c_fc/b:0"]))
+    h = conv1d(h, p["mlp/c_proj/w:0"], p["mlp/c_proj/b:0"])
+    return dropout(h, cfg.resid_pdrop, key=_sub(key, 2), train=train)
+
+
+def block(p, x: torch.Tensor, *, cfg: Config, key=None, train: bool = False) -> torch.Tensor:
+    """Post-norm block: ``n = ln_1(x + attn(x)); h = ln_2(n + mlp(n))``.  [..., T, E] -> [..., T, E]"""
+    n = layer_norm(x + attn(p, x, cfg=cfg, key=key, train=train), p["ln_1/g:0"], p["ln_1/b:0"])
+    return layer_norm(n + mlp(p, n, cfg=cfg, key=key, train=train), p["ln_2/g:0"], p["ln_2/b:0"])
+
+
+def _sub(key, i: int):
+    """The block's i-th dropout key (0: attention probs, 1: attention out, 2: mlp out)."""
+    return None if key is None else fold_in(key, i)
