@@ -5,3 +5,6 @@ from .heads import (classify, classify_loss_fn, loss_fn, multiple_choice, multip
                     similarity, similarity_loss_fn)
 from .model import lm_logits, transformer
 from .params import count_params, init_params, param_shapes, scope
+from .download import fetch, weights_dir
+from .hf import load_hf, save_hf
+from .openai_release import load_openai, save_openai
