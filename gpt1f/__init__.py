@@ -8,3 +8,4 @@ from .params import count_params, init_params, param_shapes, scope
 from .download import fetch, weights_dir
 from .hf import load_hf, save_hf
 from .openai_release import load_openai, save_openai
+from .text import TextEncoder

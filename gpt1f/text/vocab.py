@@ -1,0 +1,105 @@
+"""The BPE vocabulary: ``encoder_bpe_40000.json`` (piece -> id) and ``vocab_40000.bpe`` (merges).
+
+Loading checks both files against each other, so a truncated or mismatched pair fails here,
+naming the file, instead of quietly encoding unknown pieces as id 0 later.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import NamedTuple
+
+from .bpe import END, Ranks
+
+ENCODER_NAME = "encoder_bpe_40000.json"
+MERGES_NAME = "vocab_40000.bpe"
+
+
+class VocabularyError(ValueError):
+    """A vocabulary file is malformed, truncated, or disagrees with its partner file."""
+
+
+class Vocabulary(NamedTuple):
+    encoder: dict[str, int]  # piece ('the</w>', 'th') -> id
+    ranks: Ranks  # merge pair -> rank, 0 merged first
+
+
+def default_path(name: str, download: bool = True) -> pathlib.Path:
+    """The release file ``name`` in the weights folder (``$GPT1F_WEIGHTS`` or ``<repo>/weights``),
+    downloaded and SHA-1-verified there if missing."""
+    from ..download import fetch, weights_dir
+
+    return fetch([name], weights_dir(), download=download) / name
+
+
+def read_text(path: pathlib.Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"vocabulary file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise VocabularyError(f"{path} is not UTF-8 text ({e})") from None
+
+
+def load_encoder(path: pathlib.Path) -> dict[str, int]:
+    """The piece -> id table; ids must be exactly 0 .. n-1."""
+    try:
+        encoder = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise VocabularyError(f"{path} is not valid JSON (truncated?): {e}") from None
+    if not isinstance(encoder, dict) or not encoder:
+        raise VocabularyError(f"{path} must hold a non-empty JSON object of piece -> id")
+    ids = encoder.values()
+    if not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(encoder))):
+        raise VocabularyError(f"{path}: ids must be the integers 0 .. {len(encoder) - 1}, "
+                              "each once")
+    return encoder
+
+
+def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
+    """Merge pairs in rank order: a ``#version`` header, then one ``left right`` pair a line."""
+    lines = text.split("\n")
+    if not lines[0].startswith("#version"):
+        raise VocabularyError(f"{path}: first line should be a '#version: ...' header, "
+                              f"got {lines[0][:40]!r}")
+    if lines[-1] != "":
+        raise VocabularyError(f"{path}: last line {lines[-1][:40]!r} has no newline (truncated?)")
+    merges = []
+    for number, line in enumerate(lines[1:-1], start=2):
+        pair = tuple(line.split(" "))
+        if len(pair) != 2 or not all(pair):
+            raise VocabularyError(f"{path}, line {number}: expected two symbols separated by one "
+                                  f"space, got {line[:40]!r}")
+        merges.append(pair)
+    return merges
+
+
+def check_merges(merges: list[tuple[str, str]], encoder: dict[str, int],
+                 merges_path: pathlib.Path, encoder_path: pathlib.Path) -> None:
+    """Every merge's inputs and output must be pieces, and every multi-character piece
+    (other than id 0, the unknown piece) must come out of some merge."""
+    for number, (left, right) in enumerate(merges, start=2):
+        absent = [s for s in (left, right, left + right) if s not in encoder]
+        if absent:
+            raise VocabularyError(f"{merges_path}, line {number}: merge {left!r} + {right!r} uses "
+                                  f"{absent} absent from {encoder_path} (mismatched files?)")
+    produced = {left + right for left, right in merges}
+    orphans = [piece for piece, i in encoder.items()
+               if i != 0 and len(piece.removesuffix(END)) > 1 and piece not in produced]
+    if orphans:
+        raise VocabularyError(
+            f"{merges_path} has {len(merges)} merges, but {len(orphans)} pieces of {encoder_path} "
+            f"come out of none of them (e.g. {orphans[:3]}): is {merges_path.name} truncated?")
+
+
+def load_vocabulary(encoder_path=None, bpe_path=None, *, download: bool = True) -> Vocabulary:
+    """Read and cross-check the two files; a None path means the release file (see default_path)."""
+    if encoder_path is None:
+        encoder_path = default_path(ENCODER_NAME, download)
+    if bpe_path is None:
+        bpe_path = default_path(MERGES_NAME, download)
+    encoder_path, bpe_path = pathlib.Path(encoder_path), pathlib.Path(bpe_path)
+    encoder = load_encoder(encoder_path)
+    merges = parse_merges(read_text(bpe_path), bpe_path)
+    check_merges(merges, encoder, bpe_path, encoder_path)
+    return Vocabulary(encoder, {pair: rank for rank, pair in enumerate(merges)})
