@@ -9,3 +9,6 @@ from .download import fetch, weights_dir
 from .hf import load_hf, save_hf
 from .openai_release import load_openai, save_openai
 from .text import TextEncoder
+from . import schedules
+from .optim import AdamState, Optimizer, clip_by_global_norm, global_norm, openai_adam
+from .train import make_train_step, train_step

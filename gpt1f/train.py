@@ -1,0 +1,132 @@
+"""One training step: gradients (optionally accumulated over micro-batches) and an optimizer update.
+
+``train_step`` is where state changes; everything it returns is tensors, so it compiles into one
+graph (``make_train_step(..., compile=True)``) and a new batch, key, step or learning rate does
+not recompile.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .config import Config
+from .heads import multiple_choice, task_loss
+from .optim import AdamState, Optimizer, global_norm
+from .random import fold_in
+
+Params = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]
+
+
+def loss_and_parts(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
+                   head: Callable = multiple_choice):
+    """The training loss of ``head`` and its parts: ``(loss, (clf_loss, lm_loss))``, scalars.
+
+    ``loss = mean(clf_losses) + lm_coef * mean(lm_losses)``, the same as ``gpt1f.loss_fn`` for the
+    multiple-choice head; ``lm_loss`` is 0 when ``lm_coef == 0`` (the LM head is skipped).
+    """
+    _, clf_losses, lm_losses = head(params, batch, cfg=cfg, key=key, train=True,
+                                    with_lm=lm_coef != 0)
+    return task_loss(clf_losses, lm_losses, lm_coef), (clf_losses.mean(), lm_losses.mean())
+
+
+def split_batch(batch: Batch, accum: int) -> list[Batch]:
+    """``accum`` equal micro-batches along the leading (example) axis.
+
+    [B, ...] -> accum x [B / accum, ...]; ``[batch]`` itself when ``accum == 1``.
+    """
+    sizes = {k: v.shape[0] for k, v in batch.items()}
+    n = next(iter(sizes.values()))
+    if any(s != n for s in sizes.values()):
+        raise ValueError(f"batch tensors disagree on the leading (example) axis: {sizes}")
+    if not isinstance(accum, int) or accum < 1 or n % accum:
+        raise ValueError(
+            f"a batch of {n} examples does not split into accum={accum!r} equal micro-batches")
+    if accum == 1:
+        return [batch]
+    size = n // accum
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(accum)]
+
+
+def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
+                      accum: int = 1, head: Callable = multiple_choice):
+    """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
+
+    Micro-batch ``i`` gets its own dropout key ``fold_in(key, i)``, as TF's data-parallel towers
+    each drew their own masks; with ``accum == 1`` the key is used as it is. The mean of the
+    micro-batch means is the full-batch mean, so the result does not depend on ``accum`` except
+    through dropout.
+    """
+    grad_fn = torch.func.grad_and_value(loss_and_parts, has_aux=True)
+    micro_batches = split_batch(batch, accum)
+    keys = [key] if accum == 1 else [fold_in(key, i) for i in range(accum)]
+    total, sums = None, None
+    for micro, micro_key in zip(micro_batches, keys):
+        grads, (loss, (clf, lm)) = grad_fn(params, micro, micro_key, cfg=cfg, lm_coef=lm_coef,
+                                           head=head)
+        if total is None:
+            total, sums = grads, (loss, clf, lm)
+        else:
+            total = {k: total[k] + g for k, g in grads.items()}
+            sums = tuple(s + x for s, x in zip(sums, (loss, clf, lm)))
+    if accum == 1:
+        return total, sums
+    return {k: g / accum for k, g in total.items()}, tuple(s / accum for s in sums)
+
+
+def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: Config,
+               opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
+               head: Callable = multiple_choice) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
+    """Gradients of the loss with dropout (``key``), then one ``opt`` update.
+
+    batch: ``tokens`` [B, C, T], ``mask`` [B, C, T], ``label`` [B] for the default
+    multiple-choice head; ``accum`` splits it into that many micro-batches (see
+    :func:`accumulated_grads`). ``inplace=True`` uses ``opt.update_``, which writes into
+    ``params`` and ``opt_state`` (and returns them) instead of allocating new tensors.
+
+    Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
+    ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
+    scheduled learning rate of this update, before bias correction) and ``nonfinite`` (1 when the
+    gradients were not finite and the update was skipped, else 0).
+    """
+    grads, (loss, clf_loss, lm_loss) = accumulated_grads(
+        params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head)
+    grad_norm = global_norm(grads)
+    metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
+               "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
+               "nonfinite": (~torch.isfinite(grad_norm)).to(torch.int64)}
+    update = opt.update_ if inplace else opt.update
+    params, opt_state = update(grads, opt_state, params)
+    return params, opt_state, metrics
+
+
+def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum: int = 1,
+                    inplace: bool = False, head: Callable = multiple_choice, compile: bool = False,
+                    **compile_kwargs) -> Callable:
+    """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
+    with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
+    go to ``torch.compile``, e.g. ``backend`` or ``mode``).
+
+    With ``opt`` built with ``nonfinite='raise'``, the compiled step skips a non-finite update in
+    the graph, then this wrapper checks ``metrics['nonfinite']`` on the host (one sync a step) and
+    raises ``FloatingPointError``; the parameters passed in are untouched either way.
+    """
+    def step(params, opt_state, batch, key):
+        return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
+                          accum=accum, inplace=inplace, head=head)
+
+    if not compile:
+        return step
+    compiled = torch.compile(step, fullgraph=True, **compile_kwargs)
+    if opt.config.nonfinite != "raise":
+        return compiled
+
+    def checked_step(params, opt_state, batch, key):
+        params, opt_state, metrics = compiled(params, opt_state, batch, key)
+        if bool(metrics["nonfinite"]):
+            raise FloatingPointError(
+                f"non-finite gradients (global norm {float(metrics['grad_norm'])}): update skipped")
+        return params, opt_state, metrics
+
+    return checked_step
