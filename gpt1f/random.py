@@ -42,7 +42,7 @@ def key(seed: int, device=None) -> torch.Tensor:
 def fold_in(key: torch.Tensor, data) -> torch.Tensor:
     """A new key from ``key`` and an int (or int tensor ``[...]``, giving keys ``[...]``)."""
     data = torch.as_tensor(data, device=key.device).to(torch.int32)
-    return _mix32(key ^ _mix32(data * _i32(_SPREAD) + _i32(_SALT_FOLD)))
+    return _mix32(key ^ _mix32(_spread(data, _SALT_FOLD)))
 
 
 def split(key: torch.Tensor, n: int) -> torch.Tensor:
@@ -50,16 +50,23 @@ def split(key: torch.Tensor, n: int) -> torch.Tensor:
     return fold_in(key, torch.arange(n, dtype=torch.int32, device=key.device))
 
 
-def bits(key: torch.Tensor, shape) -> torch.Tensor:
+def _spread(counter: torch.Tensor, salt: int) -> torch.Tensor:
+    """Counters moved apart before hashing. The xor comes first so that inductor cannot fold the
+    multiplication into an (int64, then overflowing int32) affine index expression."""
+    return (counter ^ _i32(salt)) * _i32(_SPREAD)
+
+
+def bits(key: torch.Tensor, shape, device=None) -> torch.Tensor:
     """Uniform 32-bit patterns (int32 ``shape``), element ``i`` a hash of ``(key, i)``."""
     shape = tuple(shape)
+    key = key if device is None else key.to(device)
     index = torch.arange(_numel(shape), dtype=torch.int32, device=key.device).reshape(shape)
-    return _mix32(_mix32(index * _i32(_SPREAD) + _i32(_SALT_BITS)) ^ key)
+    return _mix32(_mix32(_spread(index, _SALT_BITS)) ^ key)
 
 
-def uniform(key: torch.Tensor, shape, dtype=torch.float32) -> torch.Tensor:
-    """Uniform floats in ``[0, 1)`` on a 2**-24 grid, ``shape``."""
-    return (bits(key, shape) & 0xFFFFFF).to(dtype) * (1.0 / (1 << 24))
+def uniform(key: torch.Tensor, shape, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Uniform floats in ``[0, 1)`` on a 2**-24 grid, ``shape``, on ``device`` (default: the key's)."""
+    return (bits(key, shape, device) & 0xFFFFFF).to(dtype) * (1.0 / (1 << 24))
 
 
 def dropout(x: torch.Tensor, p: float, *, key: torch.Tensor | None, train: bool,
@@ -73,7 +80,7 @@ def dropout(x: torch.Tensor, p: float, *, key: torch.Tensor | None, train: bool,
         return x
     if key is None:
         raise ValueError("dropout with train=True needs a key: pass key=gpt1f.random.key(seed)")
-    keep = uniform(key, x.shape if noise_shape is None else noise_shape) >= p
+    keep = uniform(key, x.shape if noise_shape is None else noise_shape, device=x.device) >= p
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 
