@@ -37,12 +37,18 @@ def embed(we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config) -> torch.Tenso
 
 def transformer_from_embedding(params, we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config,
                                key=None, train: bool = False) -> torch.Tensor:
-    """The blocks over an already dropped-out ``we``.  [..., T] -> [..., T, E]"""
+    """The blocks over an already dropped-out ``we``.  [..., T] -> [..., T, E]
+
+    The blocks see one batch axis ``[N, T, E]``: inductor (torch 2.13) fails to compile causal
+    SDPA over 5-D ``[B, C, H, T, D]`` head views, and 3-D matmuls are its fast path anyway.
+    """
     h = embed(we, tokens, cfg=cfg)
+    lead = h.shape[:-2]
+    h = h.reshape(-1, *h.shape[-2:])
     for i in range(cfg.n_layer):
         h = block(scope(params, f"model/h{i}/"), h, cfg=cfg,
                   key=sub_key(key, LAYER_TAG0 + i), train=train)
-    return h
+    return h.reshape(*lead, *h.shape[-2:])
 
 
 def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,

@@ -1,0 +1,1 @@
+"""gpt1f's benchmark suite: ``python -m benchmarks.run [--quick] [--device cuda] [--compile]``."""

@@ -1,0 +1,113 @@
+"""Peak resident memory of the ROCStories training step, each side in a fresh interpreter.
+
+The parent (``run``) starts one child per side; a child builds the model, the optimizer and the
+batch, runs a first step (compiling, for gpt1f with ``--compile``), resets the kernel's peak-RSS
+counter, runs more steps and reports the peak over those: the memory a training run holds, not
+what the one-off compilation needed. The peak over the whole process, first step included, is
+reported beside it. Everything the side imports (torch, transformers) is counted, as a user pays
+for it.
+
+    python -m benchmarks.bench_memory [--quick] [--compile]          # both sides, a table
+    python -m benchmarks.bench_memory --side gpt1f [--quick] ...    # one child: a JSON line
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from . import common
+
+STEADY_STEPS = 2
+
+
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS counter (VmHWM); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def vm_hwm_bytes() -> int:
+    """The resettable peak RSS (VmHWM), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return common.peak_rss_bytes()
+
+
+def measure_side(side: str, *, quick: bool, compile: bool, threads: int) -> dict:
+    """Runs in the child: build one side, step, reset the peak, step again, report."""
+    torch.set_num_threads(threads)
+    from . import bench_train as bt
+    import gpt1f
+
+    rss_start = common.current_rss_bytes()
+    cfg = bt.bench_config(quick)
+    params = gpt1f.init_params(cfg, seed=0)
+    batch = bt.rocstories_batch(cfg)
+    if side == "gpt1f":
+        step, first_s = bt.gpt1f_train_step(cfg, params, bt.gpt1f_batch(batch), compile=compile)
+    elif side == "transformers":
+        model = bt.hf_model(cfg, params)
+        del params                       # the model holds its own copy
+        step = bt.hf_train_step(model, bt.hf_inputs(batch))
+        first_s = common.timed(step, "cpu")
+    else:
+        raise ValueError(f"unknown side {side!r}")
+    rss_after_first = common.current_rss_bytes()
+    whole_process_peak = vm_hwm_bytes()
+    resettable = reset_peak_rss()
+    start = time.perf_counter()
+    for _ in range(STEADY_STEPS):
+        step()
+    return {"side": side, "compile": compile if side == "gpt1f" else False,
+            "steady_peak_rss_bytes": vm_hwm_bytes() if resettable else None,
+            "process_peak_rss_bytes": max(whole_process_peak, vm_hwm_bytes()),
+            "rss_at_start_bytes": rss_start, "rss_after_first_step_bytes": rss_after_first,
+            "first_step_s": first_s, "steady_steps": STEADY_STEPS,
+            "steady_step_s": (time.perf_counter() - start) / STEADY_STEPS}
+
+
+def run(quick: bool = False, compile: bool = True, threads: int = 2) -> dict:
+    """Both sides, each in its own fresh interpreter; the ratio gpt1f / transformers."""
+    args = ["--threads", str(threads)] + (["--quick"] if quick else []) + ([] if compile else ["--no-compile"])
+    sides = {"gpt1f": common.run_json_subprocess("benchmarks.bench_memory", ["--side", "gpt1f", *args])}
+    from .bench_train import transformers_available
+    if transformers_available():
+        sides["transformers"] = common.run_json_subprocess(
+            "benchmarks.bench_memory", ["--side", "transformers", *args])
+    out = {"benchmark": "train_step_peak_rss", "quick": quick, "sides": sides}
+    if "transformers" in sides:
+        key = ("steady_peak_rss_bytes" if sides["gpt1f"]["steady_peak_rss_bytes"]
+               and sides["transformers"]["steady_peak_rss_bytes"] else "process_peak_rss_bytes")
+        out["ratio_key"] = key
+        out["ratio"] = sides["gpt1f"][key] / sides["transformers"][key]
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=("gpt1f", "transformers"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.side:
+        print(json.dumps(measure_side(args.side, quick=args.quick, compile=args.compile,
+                                      threads=args.threads)))
+    else:
+        print(json.dumps(run(args.quick, args.compile, args.threads), indent=1))
+
+
+if __name__ == "__main__":
+    main()

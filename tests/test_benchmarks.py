@@ -1,0 +1,189 @@
+"""The benchmark suite runs end to end on tiny configs and writes well-formed results.
+
+Speed is not asserted here (see benchmarks/); these tests check that the suite works, that its
+FLOP formula and timing helpers say what they claim, and that the peer it compares against is
+built with the same weights (same multiple-choice scores).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gpt1f
+from benchmarks import bench_train, common
+
+ROOT = common.REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """One ``python -m benchmarks.run --quick`` into a temporary folder: (results dict, folder)."""
+    out = tmp_path_factory.mktemp("results")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--no-compile", "--out-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 1, f"expected one JSON file, found {files}"
+    return json.loads(files[0].read_text()), out, proc.stdout
+
+
+def test_quick_run_writes_json_table_and_plot(quick_results):
+    results, out, stdout = quick_results
+    stem = results["files"]["json"][:-len(".json")]
+    assert stem.startswith(f"cpu{os.cpu_count()}_cpu_") and stem.endswith("_quick")
+    env = results["environment"]
+    assert env["torch"] == torch.__version__ and env["torch_threads"] == 2
+    assert "transformers" in env and env["cpu"]
+    assert results["peak"]["flops_per_s"] > 0 and len(results["peak"]["times_s"]) == 10
+    assert set(results["benchmarks"]) == {"train", "memory", "optim", "load", "text"}
+    for name, r in results["benchmarks"].items():
+        assert r["status"] == "ok", f"{name}: {r.get('error')}\n{r.get('traceback', '')}"
+    table = (out / results["files"]["table"]).read_text()
+    assert "| training step |" in table and "| training step peak RSS |" in table
+    assert table.strip() in stdout
+    assert (out / results["files"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("part", ["train", "eval"])
+def test_train_and_eval_results_hold_raw_times_medians_and_ratios(quick_results, part):
+    r = quick_results[0]["benchmarks"]["train"][part]
+    steps = quick_results[0]["benchmarks"]["train"]["steps"]
+    assert set(r["sides"]) == {"gpt1f", "transformers"}
+    for side in r["sides"].values():
+        times = side["times_s"]
+        assert len(times) == side["n"] == steps and all(t > 0 for t in times)
+        assert side["min_s"] <= side["median_s"] <= side["max_s"]
+        assert side["median_s"] == sorted(times)[len(times) // 2]
+        assert side["mfu"] == pytest.approx(r["flop_per_step"] / side["median_s"]
+                                            / quick_results[0]["peak"]["flops_per_s"])
+    ratios = r["speedup"]["ratios"]
+    pairs = zip(r["sides"]["transformers"]["times_s"], r["sides"]["gpt1f"]["times_s"])
+    assert sorted(ratios) == pytest.approx(sorted(b / o for b, o in pairs))
+
+
+def test_peer_holds_the_same_weights(quick_results):
+    """Eval-mode multiple-choice scores of gpt1f and transformers agree: one model, two codes."""
+    assert quick_results[0]["benchmarks"]["train"]["eval_max_abs_diff"] < 1e-4
+
+
+def test_memory_is_measured_per_side_in_fresh_processes(quick_results):
+    mem = quick_results[0]["benchmarks"]["memory"]
+    ours, peer = mem["sides"]["gpt1f"], mem["sides"]["transformers"]
+    for side in (ours, peer):
+        assert side["process_peak_rss_bytes"] >= side["rss_at_start_bytes"] > 0
+    assert mem["ratio"] == pytest.approx(ours[mem["ratio_key"]] / peer[mem["ratio_key"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# The helpers
+
+
+def test_flop_params_counts_everything_but_the_position_rows():
+    for cfg in (gpt1f.Config.tiny(), gpt1f.Config.gpt1(n_ctx=77)):
+        n = gpt1f.count_params({k: torch.empty(s, device="meta")
+                                for k, s in gpt1f.param_shapes(cfg).items()})
+        assert common.flop_params(cfg) == n - cfg.n_ctx * cfg.n_embd
+
+
+def test_flop_formula_at_the_rocstories_shape():
+    cfg = gpt1f.Config.gpt1(n_ctx=77)
+    t = 8 * 2 * 77
+    n = 116_144_641                                   # 117M less the 77 position rows
+    assert common.flop_params(cfg) == n
+    assert common.train_flops(cfg, t) == 6 * n * t + 12 * 12 * 77 * 768 * t
+    assert common.forward_flops(cfg, t) == common.train_flops(cfg, t) // 3
+    no_head = common.forward_flops(cfg, t, lm_head=False)
+    assert common.forward_flops(cfg, t) - no_head == 2 * 40481 * 768 * t
+
+
+def test_interleaved_alternates_sides_after_warmup():
+    calls = []
+    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               warmup=2, steps=3, device="cpu")
+    assert calls == ["a", "b"] * 5
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_ratio_summary_is_per_pair():
+    r = common.ratio_summary([2.0, 3.0, 8.0], [1.0, 3.0, 2.0])
+    assert r["ratios"] == [1.0, 2.0, 4.0]
+    assert (r["median"], r["min"], r["max"]) == (2.0, 1.0, 4.0)
+
+
+def test_rocstories_batch_shape_mask_and_special_tokens():
+    cfg = gpt1f.Config.gpt1(n_ctx=77)
+    b = bench_train.rocstories_batch(cfg)
+    assert b["tokens"].shape == b["mask"].shape == (8, 2, 77) and b["label"].shape == (8,)
+    lengths = b["lengths"]
+    assert lengths.min() >= math.ceil(40 / 77 * 77) and lengths.max() <= 77
+    assert torch.equal(b["mask"].sum(-1).long(), lengths)
+    assert (b["tokens"][..., 0] == cfg.n_vocab).all()                        # _start_
+    last = b["tokens"].gather(-1, (lengths - 1)[..., None])[..., 0]
+    assert (last == cfg.clf_token).all()                                      # _classify_
+    assert ((b["tokens"] == cfg.clf_token).sum(-1) == 1).all()
+    assert (b["tokens"][b["mask"] == 0] == 0).all()
+    inputs = bench_train.hf_inputs(b)
+    assert torch.equal(inputs["mc_token_ids"], lengths - 1)
+    assert ((inputs["labels"] == -100) == (b["mask"] == 0)).all()
+    assert torch.equal(bench_train.rocstories_batch(cfg)["tokens"], b["tokens"])   # fixed seed
+
+
+def test_cuda_step_recipe_compiles_on_cpu_without_recompiling():
+    """The GPU benchmark's gpt1f step (bf16 autocast head, fp32 params and moments, one compiled
+    graph, keys made up front) traced on CPU with aot_eager, so the path cannot rot untested."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    cfg = bench_train.bench_config(quick=True)
+    params = gpt1f.init_params(cfg, seed=0)
+    before = {k: v.clone() for k, v in params.items()}
+    batch = bench_train.gpt1f_batch(bench_train.rocstories_batch(cfg, n_stories=2))
+    counter = CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    step, _ = bench_train.gpt1f_train_step(cfg, params, batch, compile=True,
+                                           compile_kwargs={"backend": counter},
+                                           amp_dtype=torch.bfloat16)
+    losses = [step() for _ in range(3)]
+    assert counter.frame_count == 1, f"recompiled: {counter.frame_count} graphs"
+    assert all(torch.isfinite(loss) and loss.dtype == torch.float32 for loss in losses)
+    assert all(v.dtype == torch.float32 for v in params.values())
+    assert not torch.equal(params["model/h0/mlp/c_fc/w:0"], before["model/h0/mlp/c_fc/w:0"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
+def test_cuda_compiled_step_equals_eager_and_bf16_step_trains():
+    """On a GPU: the inductor-compiled float32 step equals eager; the bf16-autocast step with CUDA
+    graphs (params and moments at fixed addresses) trains; compiled bf16 eval scores match."""
+    cfg = bench_train.bench_config(quick=True)
+    batch = bench_train.rocstories_batch(cfg, device="cuda")
+    fresh = lambda: {k: v.cuda() for k, v in gpt1f.init_params(cfg, seed=0).items()}  # noqa: E731
+    torch._dynamo.reset()
+    eager, compiled = fresh(), fresh()
+    step_e, _ = bench_train.gpt1f_train_step(cfg, eager, bench_train.gpt1f_batch(batch), compile=False,
+                                             device="cuda")
+    step_c, _ = bench_train.gpt1f_train_step(cfg, compiled, bench_train.gpt1f_batch(batch), compile=True,
+                                             device="cuda")
+    for _ in range(2):
+        torch.testing.assert_close(step_c(), step_e(), rtol=1e-4, atol=1e-5)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5)
+
+    bf16 = fresh()
+    before = bf16["model/h0/attn/c_attn/w:0"].clone()
+    step_b, _ = bench_train.gpt1f_train_step(cfg, bf16, bench_train.gpt1f_batch(batch), compile=True,
+                                             compile_kwargs={"mode": "reduce-overhead"},
+                                             amp_dtype=torch.bfloat16, device="cuda")
+    losses = [step_b().clone() for _ in range(3)]
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert bf16["model/h0/attn/c_attn/w:0"].dtype == torch.float32
+    assert not torch.equal(bf16["model/h0/attn/c_attn/w:0"], before)
+
+    params = fresh()
+    score, _ = bench_train.gpt1f_eval(cfg, params, batch["tokens"], compile=True,
+                                      amp_dtype=torch.bfloat16, device="cuda")
+    ref = gpt1f.multiple_choice_logits(params, batch["tokens"], cfg=cfg)
+    torch.testing.assert_close(score().float(), ref, rtol=0, atol=0.05)
