@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import current_rss_bytes, machine_info, run_json_subprocess
+from benchmarks.common import (current_rss_bytes, machine_info, peak_rss_bytes, reset_peak_rss,
+                               run_json_subprocess)
 from gpt1f.config import Config
 
 QUICK_CFG = dict(n_vocab=2000, n_special=3, n_ctx=128, n_embd=128, n_head=4, n_layer=2)
@@ -32,28 +32,6 @@ TIMING_REPEATS = 3
 
 def bench_config(quick: bool) -> Config:
     return Config(**QUICK_CFG) if quick else Config.gpt1()
-
-
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS counter (VmHWM); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """VmHWM from /proc (resettable), else ``ru_maxrss`` (KiB on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def naive_load(directory: Path, cfg: Config) -> dict[str, torch.Tensor]:

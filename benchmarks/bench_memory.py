@@ -23,28 +23,6 @@ from . import common
 STEADY_STEPS = 2
 
 
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS counter (VmHWM); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def vm_hwm_bytes() -> int:
-    """The resettable peak RSS (VmHWM), else ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return common.peak_rss_bytes()
-
-
 def measure_side(side: str, *, quick: bool, compile: bool, threads: int) -> dict:
     """Runs in the child: build one side, step, reset the peak, step again, report."""
     torch.set_num_threads(threads)
@@ -65,14 +43,14 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int) -> dict
     else:
         raise ValueError(f"unknown side {side!r}")
     rss_after_first = common.current_rss_bytes()
-    whole_process_peak = vm_hwm_bytes()
-    resettable = reset_peak_rss()
+    whole_process_peak = common.peak_rss_bytes()
+    resettable = common.reset_peak_rss()
     start = time.perf_counter()
     for _ in range(STEADY_STEPS):
         step()
     return {"side": side, "compile": compile if side == "gpt1f" else False,
-            "steady_peak_rss_bytes": vm_hwm_bytes() if resettable else None,
-            "process_peak_rss_bytes": max(whole_process_peak, vm_hwm_bytes()),
+            "steady_peak_rss_bytes": common.peak_rss_bytes() if resettable else None,
+            "process_peak_rss_bytes": max(whole_process_peak, common.peak_rss_bytes()),
             "rss_at_start_bytes": rss_start, "rss_after_first_step_bytes": rss_after_first,
             "first_step_s": first_s, "steady_steps": STEADY_STEPS,
             "steady_step_s": (time.perf_counter() - start) / STEADY_STEPS}

@@ -125,8 +125,26 @@ def mfu(flop: int, seconds: float, peak_flops_per_s: float) -> float:
 # Memory
 
 
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS counter (VmHWM); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux ``ru_maxrss`` is in KiB)."""
+    """This process's peak resident set size since start or the last ``reset_peak_rss``:
+    VmHWM from /proc, else ``ru_maxrss`` (KiB on Linux, not resettable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
