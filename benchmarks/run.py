@@ -174,7 +174,16 @@ def markdown_table(results: dict) -> str:
             f"({env['device']}, {env['torch_threads']} threads), torch {env['torch']}, "
             f"transformers {env['transformers']}; matmul peak "
             f"{results['peak']['flops_per_s'] / 1e9:.0f} GFLOP/s ({results['peak']['dtype']} "
-            f"{results['peak']['n']}^3){', quick (tiny configs)' if results['quick'] else ''}.\n\n")
+            f"{results['peak']['n']}^3){', quick (tiny configs)' if results['quick'] else ''}.")
+    train = results["benchmarks"].get("train", {})
+    if train.get("status") == "ok" and "included_from" in train:
+        head += (f" Train/eval MFU is against the peak measured in their own run: "
+                 f"{train['peak_flops_per_s'] / 1e9:.0f} GFLOP/s.")
+    included = [n for n, r in results["benchmarks"].items() if "included_from" in r]
+    if included:
+        head += " Included from separate runs: " + ", ".join(
+            f"{n} ({results['benchmarks'][n]['included_from']})" for n in included) + "."
+    head += "\n\n"
     lines = ["| benchmark | gpt1f | transformers / baseline | ratio (median [min-max]) | target | |",
              "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
@@ -242,8 +251,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, help="measured steps per side (train/eval)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per side (train/eval)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--include", action="append", default=[], metavar="NAME=FILE",
+                        help="take benchmark NAME's result from FILE, the JSON its own module "
+                        "printed (e.g. python -m benchmarks.bench_train > train.json), instead "
+                        "of running it; for runs too long to repeat in one sitting")
     args = parser.parse_args(argv)
-    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    included = {}
+    for item in args.include:
+        name, sep, file = item.partition("=")
+        if not sep or name not in BENCHMARKS:
+            parser.error(f"--include wants NAME=FILE with NAME in {BENCHMARKS}, got {item!r}")
+        try:
+            included[name] = json.loads(Path(file).read_text())
+        except (OSError, ValueError) as err:
+            parser.error(f"--include {item}: {err}")
+        included[name].setdefault("status", "ok")
+        included[name]["included_from"] = Path(file).name
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else []
     unknown = set(only) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
@@ -267,7 +291,9 @@ def main(argv=None) -> dict:
     json_path = args.out_dir / f"{stem}.json"
     results["files"] = {"json": json_path.name, "table": f"{stem}.md"}
     for name in BENCHMARKS:
-        if name in only:
+        if name in included:
+            results["benchmarks"][name] = included[name]
+        elif name in only:
             print(f"[benchmarks] {name} ...", flush=True)
             results["benchmarks"][name] = run_one(name, quick=args.quick, device=str(device),
                                                   compile=args.compile, args=args)

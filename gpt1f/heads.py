@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .fused_lm_loss import lm_loss_mean
 from .model import CLF_TAG, embedding_matrix, lm_losses, sub_key, transformer_from_embedding
 from .random import dropout
 
@@ -36,19 +37,24 @@ def _features(params, tokens, *, cfg: Config, key, train: bool):
     return we, hidden, pool_clf_token(hidden, tokens, cfg.clf_token)
 
 
-def _lm_losses_or_zeros(we, hidden, batch, with_lm: bool) -> torch.Tensor:
+def _lm_losses_or_zeros(we, hidden, batch, with_lm: bool, fused_lm: bool) -> torch.Tensor:
+    """Per-sequence LM losses ``[...]``; their mean ``[]`` from the fused op when ``fused_lm``."""
     tokens = batch["tokens"]
-    if with_lm:
-        return lm_losses(we, hidden, tokens, batch["mask"])
-    return hidden.new_zeros(tokens.shape[:-1])
+    if not with_lm:
+        return hidden.new_zeros(() if fused_lm else tokens.shape[:-1])
+    if fused_lm:
+        return lm_loss_mean(we, hidden, tokens, batch["mask"])
+    return lm_losses(we, hidden, tokens, batch["mask"])
 
 
-def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True):
+def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True,
+                    fused_lm: bool = False):
     """Multiple-choice scoring (ROCStories, RACE): one logit per choice, softmax over choices.
 
     batch: ``tokens`` [B, C, T] int64, ``mask`` [B, C, T] float, ``label`` [B] int64.
     Returns ``clf_logits`` [B, C], ``clf_losses`` [B], ``lm_losses`` [B, C] (zeros when
-    ``with_lm=False``, which skips the LM head's cost). Classifier dropout shares one mask across
+    ``with_lm=False``, which skips the LM head's cost; with ``fused_lm=True``, their mean as one
+    scalar from :func:`gpt1f.fused_lm_loss.lm_loss_mean`, the training path). Classifier dropout shares one mask across
     the choices of an example (TF ``noise_shape=[B, 1, E]``).
     """
     we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, C, E]
@@ -56,7 +62,7 @@ def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False
                      noise_shape=(pooled.shape[0], 1, pooled.shape[2]))
     clf_logits = clf_head(params, pooled)[..., 0]                         # [B, C]
     clf_losses = F.cross_entropy(_f32(clf_logits), batch["label"], reduction="none")
-    return clf_logits, clf_losses.to(clf_logits.dtype), _lm_losses_or_zeros(we, hidden, batch, with_lm)
+    return clf_logits, clf_losses.to(clf_logits.dtype), _lm_losses_or_zeros(we, hidden, batch, with_lm, fused_lm)
 
 
 def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
@@ -65,7 +71,8 @@ def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torc
     return clf_head(params, pooled)[..., 0]
 
 
-def classify(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True):
+def classify(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True,
+             fused_lm: bool = False):
     """Text classification / entailment: ``model/clf/w:0`` is ``[E, n_class]``.
 
     batch: ``tokens`` [B, T], ``mask`` [B, T], ``label`` [B] int64.
@@ -75,11 +82,11 @@ def classify(params, batch, *, cfg: Config, key=None, train: bool = False, with_
     pooled = dropout(pooled, cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train)
     logits = clf_head(params, pooled)
     clf_losses = F.cross_entropy(_f32(logits), batch["label"], reduction="none")
-    return logits, clf_losses.to(logits.dtype), _lm_losses_or_zeros(we, hidden, batch, with_lm)
+    return logits, clf_losses.to(logits.dtype), _lm_losses_or_zeros(we, hidden, batch, with_lm, fused_lm)
 
 
 def similarity(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True,
-               objective: str = "mse"):
+               fused_lm: bool = False, objective: str = "mse"):
     """Sentence-pair similarity: both orderings run through the model, their clf states summed.
 
     batch: ``tokens`` [B, 2, T] (``A;B`` and ``B;A``), ``mask`` [B, 2, T], ``label`` [B] float.
@@ -97,7 +104,7 @@ def similarity(params, batch, *, cfg: Config, key=None, train: bool = False, wit
         losses = F.binary_cross_entropy_with_logits(scores, label, reduction="none")
     else:
         raise ValueError(f"unknown similarity objective {objective!r}; use 'mse' or 'bce'")
-    return scores, losses, _lm_losses_or_zeros(we, hidden, batch, with_lm)
+    return scores, losses, _lm_losses_or_zeros(we, hidden, batch, with_lm, fused_lm)
 
 
 def task_loss(clf_losses: torch.Tensor, lm_losses: torch.Tensor, lm_coef: float) -> torch.Tensor:
@@ -107,22 +114,29 @@ def task_loss(clf_losses: torch.Tensor, lm_losses: torch.Tensor, lm_coef: float)
     return clf_losses.mean() + lm_coef * lm_losses.mean()
 
 
-def loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False, lm_coef: float = 0.5):
-    """Multiple-choice training loss (scalar); the LM head is skipped when ``lm_coef == 0``."""
+def loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False, lm_coef: float = 0.5,
+            fused_lm: bool = False):
+    """Multiple-choice training loss (scalar); the LM head is skipped when ``lm_coef == 0``.
+
+    ``fused_lm=True`` takes the LM term from :func:`gpt1f.fused_lm_loss.lm_loss_mean`: the same
+    value and gradients, faster and without the full logits when differentiating, slower when not.
+    """
     _, clf_losses, lm = multiple_choice(params, batch, cfg=cfg, key=key, train=train,
-                                        with_lm=lm_coef != 0)
+                                        with_lm=lm_coef != 0, fused_lm=fused_lm)
     return task_loss(clf_losses, lm, lm_coef)
 
 
-def classify_loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False, lm_coef: float = 0.5):
-    _, clf_losses, lm = classify(params, batch, cfg=cfg, key=key, train=train, with_lm=lm_coef != 0)
+def classify_loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False, lm_coef: float = 0.5,
+                     fused_lm: bool = False):
+    _, clf_losses, lm = classify(params, batch, cfg=cfg, key=key, train=train, with_lm=lm_coef != 0,
+                                 fused_lm=fused_lm)
     return task_loss(clf_losses, lm, lm_coef)
 
 
 def similarity_loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False,
-                       lm_coef: float = 0.5, objective: str = "mse"):
+                       lm_coef: float = 0.5, objective: str = "mse", fused_lm: bool = False):
     _, losses, lm = similarity(params, batch, cfg=cfg, key=key, train=train,
-                               with_lm=lm_coef != 0, objective=objective)
+                               with_lm=lm_coef != 0, fused_lm=fused_lm, objective=objective)
     return task_loss(losses, lm, lm_coef)
 
 

@@ -80,7 +80,8 @@ class AdamConfig:
 
 class Optimizer(NamedTuple):
     """``init(params) -> state``; ``update(grads, state, params) -> (params, state)``, pure;
-    ``update_`` the same maths written in place into ``params`` and ``state`` (bit-identical);
+    ``update_`` the same maths written in place into ``params`` and ``state`` (bit-identical).
+    Both take an optional ``grad_norm=global_norm(grads)`` when the caller already has it;
     ``learning_rate(state)`` the next update's ``lr * schedule(count / t_total)``, float64 []."""
     init: Callable[[Params], AdamState]
     update: Callable[[Params, AdamState, Params], tuple[Params, AdamState]]
@@ -205,12 +206,12 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
         return _Scalars(ok, torch.where(ok, scale, 0), pick(b1, one), pick(1 - b1, zero),
                         pick(b2, one), pick(1 - b2, zero), torch.where(ok, lrt, zero))
 
-    def prepare(grads, state, params):
+    def prepare(grads, state, params, norm):
         """Checks (static under compile), the global norm and the scalars per moment dtype."""
         check_like_params("grads", grads, params)
         check_like_params("state.mu", state.mu, params)
         check_like_params("state.nu", state.nu, params)
-        norm = global_norm(grads)
+        norm = global_norm(grads) if norm is None else norm
         if nonfinite == "raise" and not torch.compiler.is_compiling():
             _raise_if_nonfinite(grads, norm)
         s = scalars(state, norm)
@@ -221,8 +222,9 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
     def next_counts(state: AdamState, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return state.count + ok.to(torch.int64), state.skipped + (~ok).to(torch.int64)
 
-    def update(grads: Params, state: AdamState, params: Params) -> tuple[Params, AdamState]:
-        by_dtype, decayed, ok = prepare(grads, state, params)
+    def update(grads: Params, state: AdamState, params: Params, *,
+               grad_norm: torch.Tensor | None = None) -> tuple[Params, AdamState]:
+        by_dtype, decayed, ok = prepare(grads, state, params, grad_norm)
         new_p, new_m, new_v = {}, {}, {}
         for k, p in params.items():
             m, v = state.mu[k], state.nu[k]
@@ -232,8 +234,9 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
         return new_p, AdamState(count, new_m, new_v, state.lr, skipped)
 
     @torch.no_grad()
-    def update_(grads: Params, state: AdamState, params: Params) -> tuple[Params, AdamState]:
-        by_dtype, decayed, ok = prepare(grads, state, params)
+    def update_(grads: Params, state: AdamState, params: Params, *,
+                grad_norm: torch.Tensor | None = None) -> tuple[Params, AdamState]:
+        by_dtype, decayed, ok = prepare(grads, state, params, grad_norm)
         for dtype, s in by_dtype.items():
             keys = [k for k, m in state.mu.items() if m.dtype == dtype]
             _adam_foreach_([params[k] for k in keys], [grads[k] for k in keys],

@@ -20,14 +20,17 @@ Batch = dict[str, torch.Tensor]
 
 
 def loss_and_parts(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
-                   head: Callable = multiple_choice):
+                   head: Callable = multiple_choice, fused_lm: bool = True):
     """The training loss of ``head`` and its parts: ``(loss, (clf_loss, lm_loss))``, scalars.
 
     ``loss = mean(clf_losses) + lm_coef * mean(lm_losses)``, the same as ``gpt1f.loss_fn`` for the
     multiple-choice head; ``lm_loss`` is 0 when ``lm_coef == 0`` (the LM head is skipped).
+    ``fused_lm`` (the default) asks the head for the fused LM loss
+    (:mod:`gpt1f.fused_lm_loss`: same value and gradients, no full logits, padding skipped).
     """
+    kwargs = {"fused_lm": True} if fused_lm else {}
     _, clf_losses, lm_losses = head(params, batch, cfg=cfg, key=key, train=True,
-                                    with_lm=lm_coef != 0)
+                                    with_lm=lm_coef != 0, **kwargs)
     return task_loss(clf_losses, lm_losses, lm_coef), (clf_losses.mean(), lm_losses.mean())
 
 
@@ -50,7 +53,7 @@ def split_batch(batch: Batch, accum: int) -> list[Batch]:
 
 
 def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
-                      accum: int = 1, head: Callable = multiple_choice):
+                      accum: int = 1, head: Callable = multiple_choice, fused_lm: bool = True):
     """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
 
     Micro-batch ``i`` gets its own dropout key ``fold_in(key, i)``, as TF's data-parallel towers
@@ -64,7 +67,7 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
     total, sums = None, None
     for micro, micro_key in zip(micro_batches, keys):
         grads, (loss, (clf, lm)) = grad_fn(params, micro, micro_key, cfg=cfg, lm_coef=lm_coef,
-                                           head=head)
+                                           head=head, fused_lm=fused_lm)
         if total is None:
             total, sums = grads, (loss, clf, lm)
         else:
@@ -77,13 +80,17 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
 
 def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: Config,
                opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
-               head: Callable = multiple_choice) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
+               head: Callable = multiple_choice, fused_lm: bool = True
+               ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """Gradients of the loss with dropout (``key``), then one ``opt`` update.
 
     batch: ``tokens`` [B, C, T], ``mask`` [B, C, T], ``label`` [B] for the default
     multiple-choice head; ``accum`` splits it into that many micro-batches (see
     :func:`accumulated_grads`). ``inplace=True`` uses ``opt.update_``, which writes into
     ``params`` and ``opt_state`` (and returns them) instead of allocating new tensors.
+    ``fused_lm`` computes the LM term with :func:`gpt1f.fused_lm_loss.lm_loss_mean` (``head``
+    must then take a ``fused_lm`` keyword, as the built-in heads do); ``False`` differentiates
+    the plain per-sequence ``lm_losses``.
 
     Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
     ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
@@ -91,19 +98,19 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     gradients were not finite and the update was skipped, else 0).
     """
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
-        params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head)
+        params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm)
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
                "nonfinite": (~torch.isfinite(grad_norm)).to(torch.int64)}
     update = opt.update_ if inplace else opt.update
-    params, opt_state = update(grads, opt_state, params)
+    params, opt_state = update(grads, opt_state, params, grad_norm=grad_norm)
     return params, opt_state, metrics
 
 
 def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum: int = 1,
-                    inplace: bool = False, head: Callable = multiple_choice, compile: bool = False,
-                    **compile_kwargs) -> Callable:
+                    inplace: bool = False, head: Callable = multiple_choice, fused_lm: bool = True,
+                    compile: bool = False, **compile_kwargs) -> Callable:
     """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
     with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
     go to ``torch.compile``, e.g. ``backend`` or ``mode``).
@@ -114,7 +121,7 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     """
     def step(params, opt_state, batch, key):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
-                          accum=accum, inplace=inplace, head=head)
+                          accum=accum, inplace=inplace, head=head, fused_lm=fused_lm)
 
     if not compile:
         return step

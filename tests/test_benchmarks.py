@@ -49,6 +49,26 @@ def test_quick_run_writes_json_table_and_plot(quick_results):
     assert (out / results["files"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_include_takes_a_separate_runs_result_into_the_table(quick_results, tmp_path):
+    """``--include train=FILE`` merges a result printed by bench_train without running it again."""
+    results, _, _ = quick_results
+    train = dict(results["benchmarks"]["train"], peak_flops_per_s=123e9)
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "", "--out-dir", str(tmp_path / "out"),
+         "--include", f"train={tmp_path / 'train.json'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert set(merged["benchmarks"]) == {"train"}
+    assert merged["benchmarks"]["train"]["included_from"] == "train.json"
+    assert merged["benchmarks"]["train"]["train"] == train["train"]
+    assert "123 GFLOP/s" in proc.stdout and "| training step |" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.run", "--include", "speed=x.json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "NAME=FILE" in bad.stderr
+
+
 @pytest.mark.parametrize("part", ["train", "eval"])
 def test_train_and_eval_results_hold_raw_times_medians_and_ratios(quick_results, part):
     r = quick_results[0]["benchmarks"]["train"][part]

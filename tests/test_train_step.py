@@ -61,7 +61,8 @@ def test_train_step_is_grad_of_loss_fn_then_update_with_tensor_metrics():
                                                            train=True, lm_coef=0.5)
     expected_p, expected_s = opt.update(grads, state, params)
 
-    new_p, new_s, metrics = train_step(params, state, batch, key, cfg=CFG, opt=opt, lm_coef=0.5)
+    new_p, new_s, metrics = train_step(params, state, batch, key, cfg=CFG, opt=opt, lm_coef=0.5,
+                                       fused_lm=False)
     assert_trees_close(new_p, expected_p, rtol=1e-13, atol=1e-16)
     assert_trees_close(new_s.mu, expected_s.mu, rtol=1e-13, atol=1e-16)
     assert torch.equal(new_s.count, torch.tensor(1))
