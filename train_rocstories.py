@@ -110,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the train step and eval forward (default: on for CUDA)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)")
+    p.add_argument("--limit_heap", action="store_true",
+                   help="gpt1f.memory.limit_heap_retention(): freed tensors leave the process "
+                   "(CPU peak RSS of the compiled 117M step: 3.29 -> 2.99 GiB)")
     p.add_argument("--save_every", type=int, default=100,
                    help="checkpoint every N updates (and at every epoch end); 0: epoch ends only")
     p.add_argument("--resume", action="store_true", help="continue from save_dir/desc/latest")
@@ -557,6 +560,8 @@ def main(argv=None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.limit_heap and not gpt1f.memory.limit_heap_retention():
+            print("warning: --limit_heap needs glibc; ignored", file=sys.stderr)
         return run(args)
     except (BadInput, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,11 @@ what the one-off compilation needed. The peak over the whole process, first step
 reported beside it. Everything the side imports (torch, transformers) is counted, as a user pays
 for it.
 
+Each side runs twice: with glibc's default ``malloc`` (which keeps what a step frees in its heap)
+and after ``gpt1f.memory.limit_heap_retention()`` (freed blocks of 1 MiB and more go back to the
+system). ``ratio`` compares the defaults, ``ratio_limited`` gpt1f with the limit against
+transformers as it is, ``ratio_both_limited`` both with the limit.
+
     python -m benchmarks.bench_memory [--quick] [--compile]          # both sides, a table
     python -m benchmarks.bench_memory --side gpt1f [--quick] ...    # one child: a JSON line
 """
@@ -23,9 +28,14 @@ from . import common
 STEADY_STEPS = 2
 
 
-def measure_side(side: str, *, quick: bool, compile: bool, threads: int) -> dict:
+def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
+                 limit_heap: bool = False) -> dict:
     """Runs in the child: build one side, step, reset the peak, step again, report."""
     torch.set_num_threads(threads)
+    if limit_heap:
+        from gpt1f.memory import limit_heap_retention
+        if not limit_heap_retention():
+            raise RuntimeError("limit_heap_retention needs glibc")
     from . import bench_train as bt
     import gpt1f
 
@@ -48,7 +58,7 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int) -> dict
     start = time.perf_counter()
     for _ in range(STEADY_STEPS):
         step()
-    return {"side": side, "compile": compile if side == "gpt1f" else False,
+    return {"side": side, "compile": compile if side == "gpt1f" else False, "limit_heap": limit_heap,
             "steady_peak_rss_bytes": common.peak_rss_bytes() if resettable else None,
             "process_peak_rss_bytes": max(whole_process_peak, common.peak_rss_bytes()),
             "rss_at_start_bytes": rss_start, "rss_after_first_step_bytes": rss_after_first,
@@ -57,19 +67,24 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int) -> dict
 
 
 def run(quick: bool = False, compile: bool = True, threads: int = 2) -> dict:
-    """Both sides, each in its own fresh interpreter; the ratio gpt1f / transformers."""
+    """Both sides, each in its own fresh interpreter, with and without the heap limit."""
     args = ["--threads", str(threads)] + (["--quick"] if quick else []) + ([] if compile else ["--no-compile"])
-    sides = {"gpt1f": common.run_json_subprocess("benchmarks.bench_memory", ["--side", "gpt1f", *args])}
     from .bench_train import transformers_available
-    if transformers_available():
-        sides["transformers"] = common.run_json_subprocess(
-            "benchmarks.bench_memory", ["--side", "transformers", *args])
-    out = {"benchmark": "train_step_peak_rss", "quick": quick, "sides": sides}
+    names = ["gpt1f"] + (["transformers"] if transformers_available() else [])
+    sides, limited = {}, {}
+    for name in names:
+        sides[name] = common.run_json_subprocess("benchmarks.bench_memory", ["--side", name, *args])
+        limited[name] = common.run_json_subprocess("benchmarks.bench_memory",
+                                                   ["--side", name, "--limit-heap", *args])
+    out = {"benchmark": "train_step_peak_rss", "quick": quick, "sides": sides, "limited": limited}
     if "transformers" in sides:
-        key = ("steady_peak_rss_bytes" if sides["gpt1f"]["steady_peak_rss_bytes"]
-               and sides["transformers"]["steady_peak_rss_bytes"] else "process_peak_rss_bytes")
+        key = ("steady_peak_rss_bytes" if all(r["steady_peak_rss_bytes"] for r in
+                                              [*sides.values(), *limited.values()])
+               else "process_peak_rss_bytes")
         out["ratio_key"] = key
         out["ratio"] = sides["gpt1f"][key] / sides["transformers"][key]
+        out["ratio_limited"] = limited["gpt1f"][key] / sides["transformers"][key]
+        out["ratio_both_limited"] = limited["gpt1f"][key] / limited["transformers"][key]
     return out
 
 
@@ -79,10 +94,12 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit-heap", action="store_true",
+                        help="call gpt1f.memory.limit_heap_retention() first (one child)")
     args = parser.parse_args(argv)
     if args.side:
         print(json.dumps(measure_side(args.side, quick=args.quick, compile=args.compile,
-                                      threads=args.threads)))
+                                      threads=args.threads, limit_heap=args.limit_heap)))
     else:
         print(json.dumps(run(args.quick, args.compile, args.threads), indent=1))
 

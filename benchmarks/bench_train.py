@@ -4,7 +4,7 @@ The peer is transformers' ``OpenAIGPTDoubleHeadsModel`` holding the same weights
 PyTorch way: ``loss.backward()``, ``clip_grad_norm_(1.0)``, ``torch.optim.AdamW(foreach=True)``.
 gpt1f runs ``gpt1f.train.make_train_step`` (OpenAI Adam, global-norm clipping, updates in place).
 Both sides see the same batch in the same dtype with dropout 0.1 everywhere, and run interleaved
-step by step after warm-up.
+step by step after warm-up, each in its own interpreter (``--in-process`` puts both in this one).
 
     python -m benchmarks.bench_train [--quick] [--device cuda] [--compile]
 """
@@ -211,66 +211,123 @@ def transformers_available() -> bool:
         return False
 
 
+class Setup:
+    """What both sides build from: config, batch, weights and compile settings of one run."""
+
+    def __init__(self, quick: bool, device, compile: bool, n_stories: int | None,
+                 compile_mode: str | None):
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        self.quick, self.compile, self.cfg = quick, compile, bench_config(quick)
+        self.n_stories = n_stories or (ROC_STORIES_PER_UPDATE if cuda and not quick else N_STORIES)
+        self.amp_dtype = torch.bfloat16 if cuda else None
+        self.compile_mode = compile_mode or ("max-autotune" if cuda and not quick else None)
+        self.compile_kwargs = ({"mode": self.compile_mode}
+                               if self.compile_mode and self.compile_mode != "default" else {})
+        self.batch = rocstories_batch(self.cfg, n_stories=self.n_stories, device=self.device)
+        params = gpt1f.init_params(self.cfg, seed=0, dtype=torch.float32)
+        self.params = {k: v.to(self.device) for k, v in params.items()}
+
+    def argv(self) -> list[str]:
+        """The flags that rebuild this setup in a child (``--serve``)."""
+        return ([*(["--quick"] if self.quick else []), "--device", str(self.device),
+                 "--stories", str(self.n_stories), "--threads", str(torch.get_num_threads())]
+                + ([] if self.compile else ["--no-compile"])
+                + (["--compile-mode", self.compile_mode] if self.compile_mode else []))
+
+    def build(self, side: str, part: str):
+        """``(fn, first_call_s, output)``: a no-argument step of ``side`` for ``part`` ('train' or
+        'eval'), the seconds its first call took (compiling, for gpt1f), and for eval its scores."""
+        kw = dict(amp_dtype=self.amp_dtype, device=self.device)
+        if side == "gpt1f" and part == "train":
+            # it updates its own copy of the weights in place
+            fn, first_s = gpt1f_train_step(self.cfg, {k: v.clone() for k, v in self.params.items()},
+                                           gpt1f_batch(self.batch), compile=self.compile,
+                                           compile_kwargs=self.compile_kwargs, **kw)
+            return fn, first_s, None
+        if side == "gpt1f" and part == "eval":
+            fn, first_s = gpt1f_eval(self.cfg, self.params, self.batch["tokens"], compile=self.compile,
+                                     compile_kwargs=self.compile_kwargs, **kw)
+            return fn, first_s, fn()
+        if side == "transformers":
+            model = hf_model(self.cfg, self.params, device=self.device)
+            make = hf_train_step if part == "train" else hf_eval
+            fn = make(model, hf_inputs(self.batch), **kw)
+            first_s = common.timed(fn, self.device)
+            return fn, first_s, fn() if part == "eval" else None
+        raise ValueError(f"unknown side {side!r} or part {part!r}")
+
+
+def serve(setup: Setup, side: str, part: str) -> None:
+    """A child of :class:`common.StepProcess`: build one side and step it on request."""
+    fn, first_s, output = setup.build(side, part)
+    info = {"side": side, "part": part, "first_call_s": first_s,
+            "output": output.float().tolist() if output is not None else None}
+    common.serve_steps(fn, setup.device, info)
+
+
 def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int | None = None,
         steps: int | None = None, peak_flops: float | None = None,
-        n_stories: int | None = None, compile_mode: str | None = None) -> dict:
+        n_stories: int | None = None, compile_mode: str | None = None,
+        processes: bool = True) -> dict:
     """Train step and eval forward at the ROCStories shape; returns a JSON-able dict.
 
     On CPU the batch is 8 stories (the issue's comparison); on CUDA 32, the paper's update, so the
     median step times 138 is the fine-tune's step time. bf16 autocast on CUDA, float32 on CPU.
     ``compile_mode`` goes to ``torch.compile`` (default: ``max-autotune`` on CUDA, inductor's
-    default on CPU).
+    default on CPU). ``processes`` (the default) gives each side its own interpreter, stepped in
+    turn from here (:class:`common.StepProcess`); ``False`` runs both in this process.
     """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    cfg = bench_config(quick)
-    n_stories = n_stories or (ROC_STORIES_PER_UPDATE if cuda and not quick else N_STORIES)
-    amp_dtype = torch.bfloat16 if cuda else None
-    compile_mode = compile_mode or ("max-autotune" if cuda and not quick else None)
-    compile_kwargs = {"mode": compile_mode} if compile_mode and compile_mode != "default" else {}
+    setup = Setup(quick, device, compile, n_stories, compile_mode)
+    device, cfg, batch = setup.device, setup.cfg, setup.batch
     warmup = warmup if warmup is not None else (1 if quick else 3)
     steps = steps if steps is not None else (3 if quick else 8)
     if peak_flops is None:
-        peak_flops = common.matmul_peak(device, torch.bfloat16 if cuda else torch.float32)["flops_per_s"]
-    batch = rocstories_batch(cfg, n_stories=n_stories, device=device)
+        peak_flops = common.matmul_peak(
+            device, torch.bfloat16 if device.type == "cuda" else torch.float32)["flops_per_s"]
     tokens = batch["tokens"].numel()
-    params = gpt1f.init_params(cfg, seed=0, dtype=torch.float32)
-    params = {k: v.to(device) for k, v in params.items()}
-    peer = transformers_available()
-    result = {"config": {**vars(cfg), "n_stories": n_stories, "n_choices": N_CHOICES,
+    sides = ["gpt1f"] + (["transformers"] if transformers_available() else [])
+    result = {"config": {**vars(cfg), "n_stories": setup.n_stories, "n_choices": N_CHOICES,
                          "tokens_per_batch": tokens, "real_tokens": int(batch["mask"].sum()),
                          "lm_coef": LM_COEF, "dtype": "float32",
-                         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None},
-              "compile": compile, "compile_kwargs": compile_kwargs, "warmup": warmup, "steps": steps,
-              "peak_flops_per_s": peak_flops, "peer": "transformers" if peer else "not available"}
+                         "amp": str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else None},
+              "compile": compile, "compile_kwargs": setup.compile_kwargs, "warmup": warmup,
+              "steps": steps, "peak_flops_per_s": peak_flops,
+              "peer": "transformers" if len(sides) > 1 else "not available",
+              "isolation": "a process per side" if processes else "one process"}
     timing = dict(tokens=tokens, peak=peak_flops, warmup=warmup, steps=steps, device=device)
-
-    # The train step first (the headline; it updates its own copies of the weights in place).
-    ours, compile_s = gpt1f_train_step(cfg, {k: v.clone() for k, v in params.items()},
-                                       gpt1f_batch(batch), compile=compile,
-                                       compile_kwargs=compile_kwargs, amp_dtype=amp_dtype,
-                                       device=device)
-    fns = {"gpt1f": ours}
-    if peer:
-        fns["transformers"] = hf_train_step(hf_model(cfg, params, device=device), hf_inputs(batch),
-                                            amp_dtype=amp_dtype, device=device)
-    result["train"] = compare("train_step", fns, flop=common.train_flops(cfg, tokens), **timing)
-    result["train"]["compile_s"] = compile_s
-    result["train"]["flop_note"] = "6NT + 12 L T_ctx E T over the padded batch"
-    del fns, ours
-
-    ours, compile_s = gpt1f_eval(cfg, params, batch["tokens"], compile=compile,
-                                 compile_kwargs=compile_kwargs, amp_dtype=amp_dtype, device=device)
-    fns = {"gpt1f": ours}
-    if peer:
-        fns["transformers"] = hf_eval(hf_model(cfg, params, device=device), hf_inputs(batch),
-                                      amp_dtype=amp_dtype, device=device)
-        result["eval_max_abs_diff"] = (ours().float() - fns["transformers"]().float()).abs().max().item()
-    result["eval"] = compare("eval_forward", fns, flop=common.forward_flops(cfg, tokens, lm_head=False),
-                             **timing)
-    result["eval"]["compile_s"] = compile_s
-    result["eval"]["flop_note"] = "forward without the LM head: (6NT + 12 L T_ctx E T)/3 - 2 V E T"
-    if n_stories == ROC_STORIES_PER_UPDATE:
+    flops = {"train": common.train_flops(cfg, tokens),
+             "eval": common.forward_flops(cfg, tokens, lm_head=False)}
+    notes = {"train": "6NT + 12 L T_ctx E T over the padded batch",
+             "eval": "forward without the LM head: (6NT + 12 L T_ctx E T)/3 - 2 V E T"}
+    for part in ("train", "eval"):
+        if processes:
+            fns = {side: common.StepProcess("benchmarks.bench_train",
+                                            ["--serve", f"{side}:{part}", *setup.argv()])
+                   for side in sides}
+            firsts = {side: p.info["first_call_s"] for side, p in fns.items()}
+            outputs = {side: p.info["output"] for side, p in fns.items()}
+        else:
+            built = {side: setup.build(side, part) for side in sides}
+            fns = {side: b[0] for side, b in built.items()}
+            firsts = {side: b[1] for side, b in built.items()}
+            outputs = {side: b[2].float().tolist() if b[2] is not None else None
+                       for side, b in built.items()}
+        try:
+            result[part] = compare(f"{part}_step" if part == "train" else "eval_forward", fns,
+                                   flop=flops[part], **timing)
+        finally:
+            for fn in fns.values():
+                if isinstance(fn, common.StepProcess):
+                    fn.close()
+        result[part]["compile_s"] = firsts["gpt1f"]
+        result[part]["first_call_s"] = firsts
+        result[part]["flop_note"] = notes[part]
+        if part == "eval" and "transformers" in outputs:
+            diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs["transformers"])
+            result["eval_max_abs_diff"] = diff.abs().max().item()
+        del fns
+    if setup.n_stories == ROC_STORIES_PER_UPDATE:
         result["train"]["rocstories_run_s"] = {
             side: ROC_UPDATES * s["median_s"] for side, s in result["train"]["sides"].items()}
     return result
@@ -286,11 +343,18 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--stories", type=int, help="stories per batch (default 8 on CPU, 32 on CUDA)")
     parser.add_argument("--compile-mode", help="torch.compile mode (default max-autotune on CUDA)")
+    parser.add_argument("--in-process", dest="processes", action="store_false",
+                        help="run both sides in this process (default: a process per side)")
+    parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.serve:
+        side, _, part = args.serve.partition(":")
+        serve(Setup(args.quick, args.device, args.compile, args.stories, args.compile_mode), side, part)
+        return
     start = time.perf_counter()
     result = run(args.quick, args.device, args.compile, warmup=args.warmup, steps=args.steps,
-                 n_stories=args.stories, compile_mode=args.compile_mode)
+                 n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes)
     result["wall_s"] = time.perf_counter() - start
     print(json.dumps(result))
 

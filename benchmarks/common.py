@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,15 +44,67 @@ def timed(fn: Callable[[], object], device) -> float:
 def interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, steps: int,
                 device) -> dict[str, list[float]]:
     """Per-call seconds of each function: ``warmup`` untimed rounds, then ``steps`` rounds, each
-    round calling every function once in the given order (A B A B ...)."""
+    round calling every function once in the given order (A B A B ...). A :class:`StepProcess`
+    reports its own step's seconds; anything else is timed here."""
+    def once(fn):
+        return fn() if isinstance(fn, StepProcess) else timed(fn, device)
     for _ in range(warmup):
         for fn in fns.values():
-            timed(fn, device)
+            once(fn)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
         for name, fn in fns.items():
-            times[name].append(timed(fn, device))
+            times[name].append(once(fn))
     return times
+
+
+class StepProcess:
+    """One side of a comparison in its own interpreter, stepped from here.
+
+    ``python -m module *args`` builds its side, prints one JSON line (``info``), then answers each
+    ``step`` line on stdin with the seconds that step took. Sides in separate processes share the
+    machine's noise when interleaved, but not an allocator, OpenMP pools or caches: in one process
+    the peer's eager step ran ~20% slower after gpt1f's compiled one than on its own.
+    """
+
+    def __init__(self, module: str, args: list[str], *, timeout: float = 3600):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, text=True, bufsize=1)
+        self.info = json.loads(self._reply())
+
+    def _reply(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=60)
+            self._stderr.seek(0)
+            raise RuntimeError(f"step process {self.proc.args} ended ({self.proc.returncode}):\n"
+                               f"{self._stderr.read()[-4000:]}")
+        return line
+
+    def __call__(self) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return float(self._reply())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=120)
+        self._stderr.close()
+
+
+def serve_steps(fn: Callable[[], object], device, info: dict) -> None:
+    """The child's side of :class:`StepProcess`: print ``info``, then time ``fn`` on each ``step``."""
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        print(repr(timed(fn, device)), flush=True)
 
 
 def summary(times: list[float]) -> dict:

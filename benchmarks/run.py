@@ -119,10 +119,18 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str, str]]:
     if mem.get("status") == "ok":
         key = mem.get("ratio_key", "steady_peak_rss_bytes")
         sides = mem["sides"]
-        out.append(("training step peak RSS", fmt_bytes(sides["gpt1f"].get(key)),
-                    fmt_bytes(sides.get("transformers", {}).get(key)),
-                    f"{mem['ratio']:.2f}x" if "ratio" in mem else "-",
-                    f"<= {TARGETS['memory_ratio']}x", verdict(mem.get("ratio"), TARGETS["memory_ratio"], False)))
+        limited = mem.get("limited", {})
+        peer, peer_limited = sides.get("transformers", {}), limited.get("transformers", {})
+        for label, ours, theirs, ratio in (
+                ("training step peak RSS, default malloc", sides["gpt1f"], peer, "ratio"),
+                ("... gpt1f with limit_heap_retention()", limited.get("gpt1f"), peer, "ratio_limited"),
+                ("... both with limit_heap_retention()", limited.get("gpt1f"), peer_limited,
+                 "ratio_both_limited")):
+            if ours is None:
+                continue
+            out.append((label, fmt_bytes(ours.get(key)), fmt_bytes(theirs.get(key)),
+                        f"{mem[ratio]:.2f}x" if ratio in mem else "-", f"<= {TARGETS['memory_ratio']}x",
+                        verdict(mem.get(ratio), TARGETS["memory_ratio"], False)))
     optim = b.get("optim", {})
     if optim.get("status") == "ok":
         out.append(optim_row(optim))

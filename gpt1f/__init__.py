@@ -1,5 +1,5 @@
 """gpt1f: OpenAI's GPT-1 as pure PyTorch functions over a dict of TF-named parameters."""
-from . import random
+from . import memory, random
 from .config import Config
 from .heads import (classify, classify_loss_fn, loss_fn, multiple_choice, multiple_choice_logits,
                     similarity, similarity_loss_fn)

@@ -44,7 +44,8 @@ def test_quick_run_writes_json_table_and_plot(quick_results):
     for name, r in results["benchmarks"].items():
         assert r["status"] == "ok", f"{name}: {r.get('error')}\n{r.get('traceback', '')}"
     table = (out / results["files"]["table"]).read_text()
-    assert "| training step |" in table and "| training step peak RSS |" in table
+    assert "| training step |" in table and "| training step peak RSS, default malloc |" in table
+    assert "| ... both with limit_heap_retention() |" in table
     assert table.strip() in stdout
     assert (out / results["files"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -84,6 +85,8 @@ def test_train_and_eval_results_hold_raw_times_medians_and_ratios(quick_results,
     ratios = r["speedup"]["ratios"]
     pairs = zip(r["sides"]["transformers"]["times_s"], r["sides"]["gpt1f"]["times_s"])
     assert sorted(ratios) == pytest.approx(sorted(b / o for b, o in pairs))
+    assert quick_results[0]["benchmarks"]["train"]["isolation"] == "a process per side"
+    assert set(r["first_call_s"]) == {"gpt1f", "transformers"}
 
 
 def test_peer_holds_the_same_weights(quick_results):
@@ -97,6 +100,12 @@ def test_memory_is_measured_per_side_in_fresh_processes(quick_results):
     for side in (ours, peer):
         assert side["process_peak_rss_bytes"] >= side["rss_at_start_bytes"] > 0
     assert mem["ratio"] == pytest.approx(ours[mem["ratio_key"]] / peer[mem["ratio_key"]])
+    limited = mem["limited"]
+    assert [r["limit_heap"] for r in limited.values()] == [True, True]
+    assert [r["limit_heap"] for r in mem["sides"].values()] == [False, False]
+    key = mem["ratio_key"]
+    assert mem["ratio_limited"] == pytest.approx(limited["gpt1f"][key] / peer[key])
+    assert mem["ratio_both_limited"] == pytest.approx(limited["gpt1f"][key] / limited["transformers"][key])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +136,37 @@ def test_interleaved_alternates_sides_after_warmup():
                                warmup=2, steps=3, device="cpu")
     assert calls == ["a", "b"] * 5
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+STEP_CHILD = """
+import sys, time
+from benchmarks import common
+if sys.argv[1] == 'fail':
+    raise SystemExit('cannot build this side')
+calls = []
+common.serve_steps(lambda: (calls.append(1), time.sleep(0.01 * len(calls))), 'cpu', {'ready': 1})
+"""
+
+
+def test_step_process_times_its_own_steps_and_reports_a_failed_child(tmp_path):
+    (tmp_path / "step_child.py").write_text(STEP_CHILD)
+    env_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env_path]))
+    try:
+        child = common.StepProcess("step_child", ["ok"])
+        assert child.info == {"ready": 1}
+        times = common.interleaved({"child": child}, warmup=1, steps=3, device="cpu")["child"]
+        child.close()
+        assert child.proc.returncode == 0
+        # the child's nth step sleeps n * 10 ms: the warm-up was step 1
+        assert all(n * 0.01 <= t < n * 0.01 + 0.05 for n, t in zip((2, 3, 4), times)), times
+        with pytest.raises(RuntimeError, match="cannot build this side"):
+            common.StepProcess("step_child", ["fail"])
+    finally:
+        if env_path is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = env_path
 
 
 def test_ratio_summary_is_per_pair():

@@ -300,6 +300,22 @@ def test_clip_by_global_norm_is_one_factor_over_all_tensors():
     assert all(torch.equal(same[k], grads[k]) for k in grads)
 
 
+@pytest.mark.parametrize("variant", ["update", "update_"])
+def test_a_given_grad_norm_is_the_one_that_clips(variant):
+    """``grad_norm=global_norm(grads)`` changes nothing; another value is what clipping then uses."""
+    params = tiny_params()
+    (grads,) = grad_steps(params, 1, scale=10.0)
+    opt = openai_adam(lr=1e-2, schedule="warmup_constant", warmup=0.0, t_total=10, max_grad_norm=1.0)
+    fresh = lambda: ({k: v.clone() for k, v in params.items()}, opt.init(params))  # noqa: E731
+    plain = getattr(opt, variant)(grads, *fresh()[::-1])
+    given = getattr(opt, variant)(grads, *fresh()[::-1], grad_norm=global_norm(grads))
+    assert all(torch.equal(given[1].mu[k], plain[1].mu[k]) for k in params)
+    assert all(torch.equal(given[0][k], plain[0][k]) for k in params)
+    doubled = getattr(opt, variant)(grads, *fresh()[::-1], grad_norm=2 * global_norm(grads))
+    for k in params:   # the first moment is linear in the clipped gradient: half the clip factor
+        torch.testing.assert_close(doubled[1].mu[k], plain[1].mu[k] / 2, rtol=1e-12, atol=0)
+
+
 def test_state_is_a_plain_pytree_that_checkpoints_and_resumes(tmp_path):
     params = tiny_params(torch.float32)
     opt = openai_adam(1e-2, warmup=0.1, t_total=10)

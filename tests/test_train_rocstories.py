@@ -148,6 +148,19 @@ def cli_process(argv):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def test_limit_heap_changes_memory_not_results(tmp_path, vocab_args):
+    """``--limit_heap`` is an allocator setting of the process: the run logs the same numbers."""
+    base = [*TINY, *vocab_args, *dirs(tmp_path), "--dataset", "synthetic", "--n_iter", "1"]
+    runs = [cli_process([*base, "--desc", desc, *extra])
+            for desc, extra in (("plain", []), ("limited", ["--limit_heap"]))]
+    for proc in runs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert "--limit_heap needs glibc" not in err
+    logs = [without_time(read_log(tmp_path / "log" / f"{d}.jsonl")[1]) for d in ("plain", "limited")]
+    assert logs[0] == logs[1] and logs[0]
+
+
 def test_resume_after_sigkill_is_bit_identical(tmp_path, vocab_args):
     base = [*TINY, *vocab_args, *dirs(tmp_path), "--dataset", "synthetic", "--n_iter", "3",
             "--save_every", "2", "--embd_pdrop", "0.1"]
