@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import cpu_model, package_version
+from gpt1f.text.bpe import merge_pair
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_GPT = REPO_ROOT.parent / "shared" / "openai-gpt"
@@ -187,7 +188,7 @@ def learn_vocabulary(texts: list[str], directory: Path, n_merges: int = 300,
             break
         best = max(pairs, key=lambda pair: (pairs[pair], pair))
         merges.append(best)
-        words = {merge_word(word, best): n for word, n in words.items()}
+        words = {tuple(merge_pair(list(word), best)): n for word, n in words.items()}
     pieces = ["<unk>", *sorted(symbols), *(a + b for a, b in merges)]
     encoder_path, bpe_path = directory / ENCODER_NAME, directory / MERGES_NAME
     encoder_path.write_text(json.dumps({p: i for i, p in enumerate(dict.fromkeys(pieces))}),
@@ -195,18 +196,6 @@ def learn_vocabulary(texts: list[str], directory: Path, n_merges: int = 300,
     bpe_path.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
                         encoding="utf-8")
     return encoder_path, bpe_path
-
-
-def merge_word(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
-            out.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,8 +68,7 @@ class StepProcess:
     """
 
     def __init__(self, module: str, args: list[str], *, timeout: float = 3600):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env = child_env()
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -206,10 +205,15 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def child_env() -> dict[str, str]:
+    """This environment with the repository first on ``PYTHONPATH``, for ``python -m benchmarks.*``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def run_json_subprocess(module: str, args: list[str], *, timeout: float = 1800) -> dict:
     """Run ``python -m module args`` in a fresh interpreter; its last stdout line is a JSON dict."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

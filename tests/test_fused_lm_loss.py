@@ -6,8 +6,8 @@ import gpt1f
 from gpt1f import random as grandom
 from gpt1f.fused_lm_loss import lm_loss_mean
 from gpt1f.model import lm_losses
-from gpt1f.optim import openai_adam
 from gpt1f.train import train_step
+from tests.test_train_step import CFG, make_batch, moving_opt
 
 F64 = torch.float64
 V, E = 37, 6
@@ -126,17 +126,9 @@ def test_bad_inputs_are_refused_with_the_shapes():
 # ---------------------------------------------------------------------------------------------
 # Through the heads and the train step
 
-CFG = gpt1f.Config.tiny()
-
-
 def mc_batch(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    t = CFG.n_ctx
-    lengths = torch.randint(4, t + 1, (3, 2), generator=gen)
-    mask = torch.arange(t) < lengths[..., None]
-    tokens = torch.randint(0, CFG.n_vocab, (3, 2, t), generator=gen) * mask
-    tokens = torch.where(torch.arange(t) == lengths[..., None] - 1, CFG.clf_token, tokens)
-    return {"tokens": tokens, "mask": mask.to(F64), "label": torch.randint(0, 2, (3,), generator=gen)}
+    """Three multiple-choice examples over the whole context, as the train-step tests make them."""
+    return make_batch(n_batch=3, t=CFG.n_ctx, seed=seed)
 
 
 @pytest.mark.parametrize("head", ["multiple_choice", "classify"])
@@ -162,7 +154,7 @@ def test_loss_fn_gradients_fused_equal_plain_with_dropout():
 
 def test_train_step_defaults_to_the_fused_loss_and_matches_the_plain_one():
     params, batch, key = gpt1f.init_params(CFG, seed=0, dtype=F64), mc_batch(2), grandom.key(3)
-    opt = openai_adam(lr=1e-3, schedule="warmup_constant", warmup=0.0, t_total=10)
+    opt = moving_opt()
     runs = [train_step(dict(params), opt.init(params), batch, key, cfg=CFG, opt=opt, fused_lm=f)
             for f in (False, True)]
     (plain_p, plain_s, plain_m), (fused_p, fused_s, fused_m) = runs
