@@ -3,16 +3,20 @@
 For every update, with ``t = state.count`` (0 on the first update)::
 
     g     = clip_by_global_norm(grads, max_grad_norm)     if max_grad_norm > 0 (one norm, all tensors)
-    lrt   = lr * sqrt(1 - b2**(t+1)) / (1 - b1**(t+1)) * schedule(t / t_total)
+    lrt   = lr * sqrt(1 - b2**(t+1)) / (1 - b1**(t+1)) * schedule((t+1) / t_total)
     m     = b1*m + (1-b1)*g ;   v = b2*v + (1-b2)*g*g
     p     = p - lrt * (m / (sqrt(v) + e) + l2*p)          if (p.ndim > 1 or vector_l2) and l2 > 0
     p     = p - lrt * (m / (sqrt(v) + e))                 otherwise
     count = t + 1
 
 So the decay uses the old ``p`` inside the bias-corrected step, clipping is global, and the schedule
-sees the step count *before* the increment: under ``warmup_linear`` the first update has lr 0,
-exactly as in TF. Matrices (``we``, the ``[1, nx, nf]`` weights, ``clf/w``) decay; biases and
-gains only with ``vector_l2``.
+sees the count *after* the increment, like the bias correction. ``opt.py`` reads as if the schedule
+saw ``t``, but nothing orders its ``t.assign(t + 1)`` against the schedule's read of ``t``: run in
+TF's graph mode, each variable's read sees ``t + 1`` whenever the assign happens to run first, and
+the 2018 port always uses ``t + 1``, so ``t + 1`` is the deterministic reading of both (and the first
+update under ``warmup_linear`` is not wasted).
+Matrices (``we``, the ``[1, nx, nf]`` weights, ``clf/w``) decay; biases and gains only with
+``vector_l2``.
 
 Mixed precision: the moments are float32 (float64 for float64 parameters) whatever the parameter
 dtype. The step is computed in the moments' dtype from an upcast copy of the parameter and rounded
@@ -82,7 +86,7 @@ class Optimizer(NamedTuple):
     """``init(params) -> state``; ``update(grads, state, params) -> (params, state)``, pure;
     ``update_`` the same maths written in place into ``params`` and ``state`` (bit-identical).
     Both take an optional ``grad_norm=global_norm(grads)`` when the caller already has it;
-    ``learning_rate(state)`` the next update's ``lr * schedule(count / t_total)``, float64 []."""
+    ``learning_rate(state)`` the next update's ``lr * schedule((count + 1) / t_total)``, float64 []."""
     init: Callable[[Params], AdamState]
     update: Callable[[Params, AdamState, Params], tuple[Params, AdamState]]
     update_: Callable[[Params, AdamState, Params], tuple[Params, AdamState]]
@@ -171,7 +175,7 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
     """TF's Adam with decoupled weight decay, global-norm clipping and warm-up schedules.
 
     ``schedule``: a name in :data:`gpt1f.schedules.SCHEDULES` or ``fn(x, warmup) -> tensor``.
-    ``t_total``: the number of updates of the run (``x = t / t_total``).
+    ``t_total``: the number of updates of the run (update ``t``, counted from 0, sees ``x = (t + 1) / t_total``).
     ``max_grad_norm <= 0`` turns clipping off. ``nonfinite``: ``'skip'`` or ``'raise'`` (module doc).
     """
     cfg = AdamConfig(lr, schedule, warmup, t_total, b1, b2, e, l2, vector_l2, max_grad_norm,
@@ -194,7 +198,9 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
                          skipped=torch.zeros_like(count))
 
     def learning_rate(state: AdamState) -> torch.Tensor:
-        return state.lr.to(torch.float64) * schedule_fn(state.count.to(torch.float64) / t_total, warmup)
+        """The scheduled rate of the next update (before bias correction). -> float64 []"""
+        t1 = state.count.to(torch.float64) + 1
+        return state.lr.to(torch.float64) * schedule_fn(t1 / t_total, warmup)
 
     def scalars(state: AdamState, norm: torch.Tensor) -> _Scalars:
         ok = torch.isfinite(norm)

@@ -1,4 +1,6 @@
-"""Learning-rate schedules of the TF release: pure functions of training progress ``x = t / t_total``.
+"""Learning-rate schedules of the TF release: pure functions of training progress ``x``.
+
+``gpt1f.optim`` evaluates them at ``x = (t + 1) / t_total`` for update ``t`` (counted from 0).
 
 Each takes ``x`` (a tensor of any shape, or a Python number) and returns a tensor of the same
 shape: the factor that multiplies the base learning rate. ``x <= warmup`` is the linear warm-up

@@ -11,7 +11,7 @@ F64 = torch.float64
 
 # (x, warmup_linear, warmup_cosine, warmup_constant), worked out by hand from TF's opt.py.
 HAND = [
-    (0.0, 0.0, 0.0, 0.0),                                   # first update: lr 0
+    (0.0, 0.0, 0.0, 0.0),                                   # x = 0 (no update sees it)
     (0.001, 0.5 * 0.999, 0.5, 0.5),                          # half-way through warm-up
     (0.002, 1.0 * 0.998, 1.0, 1.0),                          # x == warmup still counts as warm-up
     (0.0021, 0.9979, 0.5 * (1 + math.cos(math.pi * 0.0021)), 1.0),  # first step after it
