@@ -117,8 +117,9 @@ def rocstories_sized(*, seed: int = 1) -> list[str]:
 class Baseline:
     """ftfy, the original standardisation, one ``nlp(text)`` per text, BPE without a cache."""
 
+    # The original's alternation as its plain string literal means it: its `\\+` is the regex `\+`.
     PUNCTUATION = re.compile(
-        r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)""")
+        r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)""")
 
     def __init__(self, encoder_path, bpe_path):
         import spacy

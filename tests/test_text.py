@@ -140,7 +140,8 @@ def test_token_pieces_split_like_the_original():
     ("hey!!! you??", "hey !!! you ??"),
     ("a-~b", "a - ~ b"),
     ('say "hi" (now) [x] {y} a|b a/b a\\b *c* d_e f+g h;i j,k',
-     'say " hi " ( now ) [ x ] { y } a | b a / b a \\ b * c * d _ e f + g h ; i j , k'),
+     'say " hi " ( now ) [ x ] { y } a | b a / b a\\b * c * d _ e f + g h ; i j , k'),
+    ("back\\slash \\\\ \\n a\\+b", "back\\slash \\\\ \\n a\\ + b"),   # backslashes stay as they are
     ("  lots   of\tspace  ", "lots of space"),
     ("line\r\n\r\n  next \n", "line \n next"),
     ("\n", ""),

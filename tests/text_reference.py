@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 END = "</w>"
-PADDED = set('-~!";?+,)(\\/*[]}{|_')  # a run of one of these becomes a word of its own
+# A run of one of these becomes a word of its own. Not the backslash: the original's pattern is a
+# plain string literal, in which the source text \\+ reads as \+, one '+', not a backslash run.
+PADDED = set('-~!";?+,)(/*[]}{|_')
 REPLACED = (("\u2014", "-"), ("\u2013", "-"), ("\u2015", "-"), ("\u2026", "..."), ("\u00b4", "'"))
 
 

@@ -9,8 +9,15 @@ REPLACEMENTS = (("\u2014", "-"), ("\u2013", "-"), ("\u2015", "-"), ("\u2026", ".
 
 # A run of one of these characters ("---", "!!") becomes its own space-separated unit. Written as
 # one character class and a back-reference: the same runs as the original's 18-way alternation,
-# matched several times faster.
-PUNCTUATION_RUN = re.compile(r"""([-~!";?+,)(\\/*\[\]}{|_])\1*""")
+# matched several times faster. The original writes that alternation in a plain (not raw) string
+# literal, where the source text `\\+` is the two characters `\+`: that alternative matches a
+# single "+" (already taken by the `\++` before it), so backslashes are never padded and are
+# missing here. Checked in the original's other literals: its `\?`, `\+`, `\)`, `\(`, `\/`,
+# `\*`, `\[`, `\]`, `\|`, `\s` and `\S` are unknown string escapes, kept as written, so the regex
+# sees them as intended; its `\n` in '\s*\n\s*', ' \n ' and '[^\S\n]+' is a real newline, which the
+# regex matches as itself; the replacement r' \1 ' is raw. The BPE's '\n  </w>' is a newline and
+# two spaces (gpt1f.text.bpe.NEWLINE_PIECES).
+PUNCTUATION_RUN = re.compile(r"""([-~!";?+,)(/*\[\]}{|_])\1*""")
 NEWLINE_WITH_SPACE = re.compile(r"\s*\n\s*")
 OTHER_WHITESPACE = re.compile(r"[^\S\n]+")
 

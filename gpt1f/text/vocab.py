@@ -65,6 +65,8 @@ def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
     if lines[-1] != "":
         raise VocabularyError(f"{path}: last line {lines[-1][:40]!r} has no newline (truncated?)")
     merges = []
+    # The original splits a line on any whitespace (str.split()); one space is stricter and, as
+    # no line of the release holds other whitespace, gives the same pairs for the release.
     for number, line in enumerate(lines[1:-1], start=2):
         pair = tuple(line.split(" "))
         if len(pair) != 2 or not all(pair):
