@@ -4,8 +4,9 @@ The parameters reach transformers only through ``save_hf`` + ``from_pretrained``
 the name table. The one known difference in the maths is the causal-mask constant: TF (and gpt1f)
 fill masked attention logits with -1e9, transformers with -1e4. Both underflow to exactly 0 after
 ``exp`` in float32 and float64 (exp(-1e4) < 1e-4000), so with attention logits far below 1e4 in
-size the outputs agree to rounding; the tolerances are float32 max abs diff <= 1e-4 and float64
-<= 1e-10.
+size the outputs agree to rounding. Outputs here are of size ~3; the largest differences measured
+were 2.0e-6 in float32 and 3.6e-15 in float64 (hidden states after every block, LM logits,
+multiple-choice scores), so the tolerances below are max abs diff <= 5e-6 and <= 1e-14.
 """
 import pytest
 import torch
@@ -17,7 +18,7 @@ from gpt1f.model import embed, lm_logits, transformer
 transformers = pytest.importorskip("transformers")
 heads = pytest.importorskip("gpt1f.heads")
 
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
+TOLERANCE = {torch.float32: 5e-6, torch.float64: 1e-14}
 
 
 def random_params(cfg: Config, dtype, seed: int = 0) -> dict[str, torch.Tensor]:
