@@ -12,3 +12,5 @@ from .text import TextEncoder
 from . import schedules
 from .optim import AdamState, Optimizer, clip_by_global_norm, global_norm, openai_adam
 from .train import make_train_step, train_step
+from .per_example import per_example_grads
+from . import dp, ensemble, lora

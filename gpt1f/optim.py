@@ -103,7 +103,11 @@ def global_norm(grads: Params) -> torch.Tensor:
     """``sqrt(sum of every element squared)`` over all tensors, in float32 (float64 if any is). -> []"""
     tensors = list(grads.values())
     dtype = functools.reduce(torch.promote_types, (moment_dtype(g.dtype) for g in tensors))
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)))
+    if torch._C._functorch.is_batchedtensor(tensors[0]):    # under vmap: no foreach batching rule
+        norms = [torch.linalg.vector_norm(g, dtype=dtype) for g in tensors]
+    else:
+        norms = torch._foreach_norm(tensors, 2, dtype=dtype)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def clip_factor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:

@@ -53,15 +53,17 @@ def split_batch(batch: Batch, accum: int) -> list[Batch]:
 
 
 def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
-                      accum: int = 1, head: Callable = multiple_choice, fused_lm: bool = True):
+                      accum: int = 1, head: Callable = multiple_choice, fused_lm: bool = True,
+                      loss: Callable = loss_and_parts):
     """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
 
     Micro-batch ``i`` gets its own dropout key ``fold_in(key, i)``, as TF's data-parallel towers
     each drew their own masks; with ``accum == 1`` the key is used as it is. The mean of the
     micro-batch means is the full-batch mean, so the result does not depend on ``accum`` except
-    through dropout.
+    through dropout. ``loss`` (default :func:`loss_and_parts`, with its signature) is what is
+    differentiated with respect to ``params``; :mod:`gpt1f.lora` passes one over adapters.
     """
-    grad_fn = torch.func.grad_and_value(loss_and_parts, has_aux=True)
+    grad_fn = torch.func.grad_and_value(loss, has_aux=True)
     micro_batches = split_batch(batch, accum)
     keys = [key] if accum == 1 else [fold_in(key, i) for i in range(accum)]
     total, sums = None, None
@@ -80,7 +82,8 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
 
 def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: Config,
                opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
-               head: Callable = multiple_choice, fused_lm: bool = True
+               head: Callable = multiple_choice, fused_lm: bool = True,
+               loss: Callable = loss_and_parts
                ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """Gradients of the loss with dropout (``key``), then one ``opt`` update.
 
@@ -98,7 +101,8 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     gradients were not finite and the update was skipped, else 0).
     """
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
-        params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm)
+        params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm,
+        loss=loss)
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
@@ -110,7 +114,8 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
 
 def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum: int = 1,
                     inplace: bool = False, head: Callable = multiple_choice, fused_lm: bool = True,
-                    compile: bool = False, **compile_kwargs) -> Callable:
+                    loss: Callable = loss_and_parts, compile: bool = False,
+                    **compile_kwargs) -> Callable:
     """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
     with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
     go to ``torch.compile``, e.g. ``backend`` or ``mode``).
@@ -121,7 +126,7 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     """
     def step(params, opt_state, batch, key):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
-                          accum=accum, inplace=inplace, head=head, fused_lm=fused_lm)
+                          accum=accum, inplace=inplace, head=head, fused_lm=fused_lm, loss=loss)
 
     if not compile:
         return step
