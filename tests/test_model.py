@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import gpt1f
 from gpt1f import random as grandom
+from gpt1f import release_data
 from tests.conftest import ROOT
 from tests.test_tf_parity import make_batch, perturbed_params
 
@@ -48,11 +49,11 @@ def test_pretrained_config_caps_n_ctx_at_512():
 # Parameters
 
 
-def test_param_names_and_shapes_are_the_tf_variables(shared_gpt_dir):
+def test_param_names_and_shapes_are_the_tf_variables():
     """Every block variable has the release's shape (params_shapes.json, arrays 2..145)."""
     cfg = gpt1f.Config.gpt1()
     shapes = gpt1f.param_shapes(cfg)
-    release = json.loads((shared_gpt_dir / "params_shapes.json").read_text())
+    release = json.loads(release_data.path("params_shapes.json").read_text())
     assert len(release) == 146
     block_names = [k for k in shapes if k.startswith("model/h")]
     assert [list(shapes[k]) for k in block_names] == release[2:]
