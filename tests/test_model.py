@@ -203,7 +203,7 @@ def test_classify_head_matches_a_direct_computation():
     assert lm.shape == (3,)
     # the multiple-choice lm_losses of choice 0 are the same per-sequence losses
     torch.testing.assert_close(lm, gpt1f.multiple_choice(params, mc, cfg=cfg)[2][:, 0])
-    loss = gpt1f.classify_loss_fn(params, batch, cfg=cfg, lm_coef=0.5)
+    loss = gpt1f.loss_fn(params, batch, cfg=cfg, head="classify", lm_coef=0.5)
     torch.testing.assert_close(loss, clf_losses.mean() + 0.5 * lm.mean())
 
 
