@@ -10,12 +10,11 @@ size the outputs agree to rounding; the tolerances are float32 max abs diff <= 1
 import pytest
 import torch
 
-from gpt1f import Config, init_params
+from gpt1f import Config, heads, init_params
 from gpt1f.hf import save_hf
 from gpt1f.model import embed, lm_logits, transformer
 
 transformers = pytest.importorskip("transformers")
-heads = pytest.importorskip("gpt1f.heads")
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
 
