@@ -108,6 +108,33 @@ def test_memory_is_measured_per_side_in_fresh_processes(quick_results):
     assert mem["ratio_both_limited"] == pytest.approx(limited["gpt1f"][key] / limited["transformers"][key])
 
 
+def test_every_committed_runner_result_renders_its_table():
+    """The table reads the results' schema directly: every committed runner file still renders
+    (so the reader needs no fallbacks for older layouts)."""
+    from benchmarks import run
+
+    files = [f for f in sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+             if "files" in json.loads(f.read_text())]
+    assert files
+    for f in files:
+        results = json.loads(f.read_text())
+        assert "| weight loading" in run.markdown_table(results), f.name
+
+
+def test_no_result_is_kept_twice_under_two_names():
+    """A runner file that includes another benchmark's file is fine (it names it); two runner
+    files holding the same benchmarks from the same run are not."""
+    seen = {}
+    for f in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        results = json.loads(f.read_text())
+        for name, r in results.get("benchmarks", {}).items():
+            if "included_from" in r:
+                continue
+            fingerprint = json.dumps(r, sort_keys=True)
+            assert fingerprint not in seen, f"{f.name}'s {name} repeats {seen.get(fingerprint)}"
+            seen[fingerprint] = f"{f.name}'s {name}"
+
+
 # ---------------------------------------------------------------------------------------------
 # The helpers
 
