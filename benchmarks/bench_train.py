@@ -6,7 +6,7 @@ gpt1f runs ``gpt1f.train.make_train_step`` (OpenAI Adam, global-norm clipping, u
 Both sides see the same batch in the same dtype with dropout 0.1 everywhere, and run interleaved
 step by step after warm-up, each in its own interpreter (``--in-process`` puts both in this one).
 
-    python -m benchmarks.bench_train [--quick] [--device cuda] [--compile]
+    python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile]
 """
 from __future__ import annotations
 
@@ -324,11 +324,12 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
     return result
 
 
-def main(argv=None) -> None:
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile gpt1f's step (default on; --no-compile: eager)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
@@ -337,7 +338,11 @@ def main(argv=None) -> None:
     parser.add_argument("--in-process", dest="processes", action="store_false",
                         help="run both sides in this process (default: a process per side)")
     parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = arg_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.serve:
         side, _, part = args.serve.partition(":")

@@ -298,3 +298,17 @@ def test_cuda_compiled_step_equals_eager_and_bf16_step_trains():
                                       amp_dtype=torch.bfloat16, device="cuda")
     ref = gpt1f.multiple_choice_logits(params, batch["tokens"], cfg=cfg)
     torch.testing.assert_close(score().float(), ref, rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("module", ["bench_train", "bench_memory"])
+def test_usage_lines_name_only_flags_the_parser_takes(module):
+    import importlib
+    import re
+
+    mod = importlib.import_module(f"benchmarks.{module}")
+    usage = [line for line in mod.__doc__.splitlines() if f"python -m benchmarks.{module}" in line]
+    flags = {flag for line in usage for flag in re.findall(r"--[a-z][a-z-]*", line)}
+    known = set(mod.arg_parser()._option_string_actions)
+    assert usage and flags and flags <= known, flags - known
+    assert mod.arg_parser().parse_args(["--compile"]).compile is True
+    assert mod.arg_parser().parse_args(["--no-compile"]).compile is False
