@@ -112,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--limit_heap", action="store_true",
                    help="gpt1f.memory.limit_heap_retention(): freed tensors leave the process "
-                   "(CPU peak RSS of the compiled 117M step: 3.29 -> 2.99 GiB)")
+                   "(lower CPU peak RSS; see benchmarks/results/*_memory.json)")
     p.add_argument("--save_every", type=int, default=100,
                    help="checkpoint every N updates (and at every epoch end); 0: epoch ends only")
     p.add_argument("--resume", action="store_true", help="continue from save_dir/desc/latest")

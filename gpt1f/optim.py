@@ -216,7 +216,7 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
             _raise_if_nonfinite(grads, norm)
         s = scalars(state, norm)
         by_dtype = {dt: s.to(dt) for dt in dict.fromkeys(m.dtype for m in state.mu.values())}
-        decayed = {k: l2 > 0 and is_decayed(k, p.shape, vector_l2) for k, p in params.items()}
+        decayed = {k: l2 > 0 and is_decayed(p.shape, vector_l2) for k, p in params.items()}
         return by_dtype, decayed, s.ok
 
     def next_counts(state: AdamState, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

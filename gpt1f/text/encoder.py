@@ -12,8 +12,8 @@ Large inputs are split over forked worker processes. With ``workers=None`` that 
 are idle (usable CPUs less the one-minute load average); below that, or on a busy machine, or
 without ``fork``, encoding stays in this process. Why so late: a process costs its start-up, the
 transfer of its results, and its own pass over the common words; on a 2-CPU machine already
-running other jobs, two processes were slower than one at every size measured (2,000 to 90,000
-texts), and a ROCStories-sized input (11,226 texts) takes 1.5 to 2 s in one.
+running other jobs, two processes beat one by little or not at all (``benchmarks/bench_text.py``
+times a ROCStories-sized input both ways; results in ``benchmarks/results/``).
 """
 from __future__ import annotations
 
