@@ -28,7 +28,8 @@ def _glibc():
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
-        libc.mallopt, libc.malloc_trim, libc.gnu_get_libc_version  # noqa: B018 (glibc only)
+        for symbol in ("mallopt", "malloc_trim", "gnu_get_libc_version"):   # glibc's alone
+            getattr(libc, symbol)
     except (OSError, AttributeError):
         return None
     return libc

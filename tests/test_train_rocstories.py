@@ -21,7 +21,7 @@ from gpt1f import checkpoint, optim, rocstories
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
-import train_rocstories as cli  # noqa: E402
+import train_rocstories as cli
 
 # A model small enough that a CLI run takes seconds on two cores: 1 block, 32 wide.
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "4", "--n_transfer", "-1",

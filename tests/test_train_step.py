@@ -111,7 +111,7 @@ def test_accumulation_averages_micro_batch_gradients_with_folded_keys():
     parts = [grad_fn(params, {k: v[2 * i:2 * i + 2] for k, v in batch.items()}, cfg=CFG,
                      key=grandom.fold_in(key, i), train=True) for i in range(3)]
     mean_grads = {k: sum(g[k] for g, _ in parts) / 3 for k in params}
-    mean_loss = sum(l for _, l in parts) / 3
+    mean_loss = sum(value for _, value in parts) / 3
 
     grads, (loss, _, _) = accumulated_grads(params, batch, key, cfg=CFG, accum=3)
     assert_trees_close(grads, mean_grads, rtol=1e-12, atol=1e-15)
