@@ -49,7 +49,8 @@ def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,
                 train: bool = False) -> torch.Tensor:
     """GPT-1's hidden states.  tokens [..., T] int64 -> hidden [..., T, E]
 
-    ``key`` (see ``gpt1f.random``) drives every dropout mask and is required when ``train``.
+    ``key`` (see ``gpt1f.random``) drives every dropout mask; with ``train`` it is required as soon
+    as a dropout rate is above 0 (a missing key raises there), and unused when every rate is 0.
     Under ``torch.func.vmap``, give each example its own key by vmapping over a ``[batch]`` tensor
     of keys (``gpt1f.random.split(key, batch)``), or pass one unbatched key to share masks.
     """
