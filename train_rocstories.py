@@ -87,9 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr_schedule", type=str, default="warmup_linear",
                    choices=sorted(schedules.SCHEDULES))
     p.add_argument("--encoder_path", type=str, default=None,
-                   help="encoder_bpe_40000.json (default: in the weights folder)")
+                   help="encoder_bpe_40000.json (default: --weights_dir's if there, else the packaged copy)")
     p.add_argument("--bpe_path", type=str, default=None,
-                   help="vocab_40000.bpe (default: in the weights folder)")
+                   help="vocab_40000.bpe (default: --weights_dir's if there, else the packaged copy)")
     p.add_argument("--n_transfer", type=int, default=12,
                    help="pre-trained blocks to load; 0: embeddings only; -1: train from scratch")
     p.add_argument("--lm_coef", type=float, default=0.5)
@@ -112,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--limit_heap", action="store_true",
                    help="gpt1f.memory.limit_heap_retention(): freed tensors leave the process "
-                   "(CPU peak RSS of the compiled 117M step: 3.29 -> 2.99 GiB)")
+                   "(lower CPU peak RSS; see benchmarks/results/*_memory.json)")
     p.add_argument("--save_every", type=int, default=100,
                    help="checkpoint every N updates (and at every epoch end); 0: epoch ends only")
     p.add_argument("--resume", action="store_true", help="continue from save_dir/desc/latest")
@@ -191,18 +191,17 @@ def release_checksums(args) -> dict[str, str] | None:
 
 
 def text_encoder(args):
-    """The BPE vocabulary from --encoder_path/--bpe_path, else the weights folder (fetched)."""
+    """The BPE vocabulary from --encoder_path/--bpe_path, else the pair in --weights_dir when it
+    holds both, else the release's copy shipped in the package (the same files: nothing to fetch)."""
     from gpt1f.text import TextEncoder
 
-    encoder_path, bpe_path = args.encoder_path, args.bpe_path
+    paths = [args.encoder_path, args.bpe_path]
+    if args.weights_dir is not None:
+        folder = download.weights_dir(args.weights_dir)
+        if all((folder / name).is_file() for name in download.VOCAB_NAMES):
+            paths = [given or folder / name for given, name in zip(paths, download.VOCAB_NAMES)]
     try:
-        if encoder_path is None or bpe_path is None:
-            folder = download.fetch(download.VOCAB_NAMES, download.weights_dir(args.weights_dir),
-                                    base_url=args.weights_url, download=not args.offline,
-                                    checksums=release_checksums(args))
-            encoder_path = encoder_path or folder / download.VOCAB_NAMES[0]
-            bpe_path = bpe_path or folder / download.VOCAB_NAMES[1]
-        return TextEncoder(encoder_path, bpe_path, download=False)
+        return TextEncoder(*paths, download=False)
     except (OSError, ValueError, KeyError) as e:
         raise BadInput(f"cannot load the BPE vocabulary: {e}") from None
 

@@ -12,7 +12,7 @@ and after ``gpt1f.memory.limit_heap_retention()`` (freed blocks of 1 MiB and mor
 system). ``ratio`` compares the defaults, ``ratio_limited`` gpt1f with the limit against
 transformers as it is, ``ratio_both_limited`` both with the limit.
 
-    python -m benchmarks.bench_memory [--quick] [--compile]          # both sides, a table
+    python -m benchmarks.bench_memory [--quick] [--no-compile]       # both sides, a table
     python -m benchmarks.bench_memory --side gpt1f [--quick] ...    # one child: a JSON line
 """
 from __future__ import annotations
@@ -88,15 +88,20 @@ def run(quick: bool = False, compile: bool = True, threads: int = 2) -> dict:
     return out
 
 
-def main(argv=None) -> None:
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=("gpt1f", "transformers"))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile gpt1f's step (default on; --no-compile: eager)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit-heap", action="store_true",
                         help="call gpt1f.memory.limit_heap_retention() first (one child)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = arg_parser().parse_args(argv)
     if args.side:
         print(json.dumps(measure_side(args.side, quick=args.quick, compile=args.compile,
                                       threads=args.threads, limit_heap=args.limit_heap)))

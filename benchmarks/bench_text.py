@@ -16,15 +16,13 @@ call, and uncached BPE of every lower-cased token. Also timed: a ROCStories-size
 (3,742 stories x 3 fields: a four-sentence story and two one-sentence endings), in one process
 and in two.
 
-The real vocabulary is read from ``../shared/openai-gpt/`` when present; otherwise a small BPE
-vocabulary is learned from the corpus (recorded in the results as ``vocabulary``).
+The vocabulary is the release's, as shipped in the package (``gpt1f.release_data``).
 
     python -m benchmarks.bench_text [--quick] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import os
@@ -32,15 +30,12 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import cpu_model, package_version
-from gpt1f.text.bpe import merge_pair
+from gpt1f import release_data
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_GPT = REPO_ROOT.parent / "shared" / "openai-gpt"
 ENCODER_NAME, MERGES_NAME = "encoder_bpe_40000.json", "vocab_40000.bpe"
 ROCSTORIES_STORIES = 3742
 
@@ -171,34 +166,6 @@ class Baseline:
 # A vocabulary when the release's is not at hand
 
 
-def learn_vocabulary(texts: list[str], directory: Path, n_merges: int = 300,
-                     n_words: int = 2000) -> tuple[Path, Path]:
-    """A small BPE vocabulary learned from the ``n_words`` commonest lower-cased words of
-    ``texts``, written in the release's two formats: a stand-in, so that the benchmark runs
-    without the release files (every character of ``texts`` is a piece)."""
-    counts = collections.Counter(word.lower() for text in texts for word in text.split())
-    symbols = {c for word in counts for c in word} | {c + "</w>" for word in counts for c in word}
-    words = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in counts.most_common(n_words)}
-    merges = []
-    for _ in range(n_merges):
-        pairs = collections.Counter()
-        for word, n in words.items():
-            for pair in zip(word, word[1:]):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = max(pairs, key=lambda pair: (pairs[pair], pair))
-        merges.append(best)
-        words = {tuple(merge_pair(list(word), best)): n for word, n in words.items()}
-    pieces = ["<unk>", *sorted(symbols), *(a + b for a, b in merges)]
-    encoder_path, bpe_path = directory / ENCODER_NAME, directory / MERGES_NAME
-    encoder_path.write_text(json.dumps({p: i for i, p in enumerate(dict.fromkeys(pieces))}),
-                            encoding="utf-8")
-    bpe_path.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-                        encoding="utf-8")
-    return encoder_path, bpe_path
-
-
 # ---------------------------------------------------------------------------------------------
 # Timing
 
@@ -284,15 +251,10 @@ def run(quick: bool = False) -> dict:
     result = {"benchmark": "text", "quick": quick, "environment": environment(),
               "corpus": {"stories": len(stories), "sentences": 5, "seed": 0,
                          "characters": sum(map(len, stories))}}
-    with tempfile.TemporaryDirectory() as tmp:
-        if (SHARED_GPT / ENCODER_NAME).is_file() and (SHARED_GPT / MERGES_NAME).is_file():
-            paths = (SHARED_GPT / ENCODER_NAME, SHARED_GPT / MERGES_NAME)
-            result["vocabulary"] = f"release ({SHARED_GPT})"
-        else:
-            paths = learn_vocabulary(stories, Path(tmp))
-            result["vocabulary"] = "learned from the corpus (release files not found)"
-        result["stories"] = compare(stories, paths, rounds)
-        result["rocstories_sized"] = rocstories_timing(paths, 1 if quick else 3)
+    paths = release_data.path(ENCODER_NAME), release_data.path(MERGES_NAME)
+    result["vocabulary"] = "release (packaged)"
+    result["stories"] = compare(stories, paths, rounds)
+    result["rocstories_sized"] = rocstories_timing(paths, 1 if quick else 3)
     result["environment"]["load_average_at_end"] = load_average()
     return result
 

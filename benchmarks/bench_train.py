@@ -6,7 +6,7 @@ gpt1f runs ``gpt1f.train.make_train_step`` (OpenAI Adam, global-norm clipping, u
 Both sides see the same batch in the same dtype with dropout 0.1 everywhere, and run interleaved
 step by step after warm-up, each in its own interpreter (``--in-process`` puts both in this one).
 
-    python -m benchmarks.bench_train [--quick] [--device cuda] [--compile]
+    python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile]
 """
 from __future__ import annotations
 
@@ -118,22 +118,13 @@ def hf_train_step(model, inputs, *, amp_dtype=None, device="cpu"):
     return step
 
 
-def autocast_head(head, device, dtype):
-    """``head`` run under autocast (parameters and optimizer stay float32)."""
-    if dtype is None:
-        return head
-
-    def head_in_autocast(*args, **kwargs):
-        with autocast(device, dtype):
-            return head(*args, **kwargs)
-    return head_in_autocast
-
-
 def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, amp_dtype=None,
                      device="cpu"):
     """``step()``: one ``gpt1f.train`` step (OpenAI Adam, updates in place) on a fresh dropout
-    key per step. Returns ``(step, compile_seconds)``; compiling happens in the first call."""
-    from gpt1f import heads, optim, train
+    key per step, under autocast when ``amp_dtype`` is given (as ``train_rocstories.py --dtype``:
+    parameters and optimizer stay float32, the optimizer's elementwise maths is not autocast).
+    Returns ``(step, compile_seconds)``; compiling happens in the first call."""
+    from gpt1f import optim, train
 
     opt = optim.openai_adam(t_total=ROC_UPDATES)
     state = opt.init(params)
@@ -142,7 +133,6 @@ def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, 
         for t in [*params.values(), *state.mu.values(), *state.nu.values(), state.count, state.skipped]:
             torch._dynamo.mark_static_address(t)
     make = train.make_train_step(cfg, opt, lm_coef=LM_COEF, inplace=True, compile=compile,
-                                 head=autocast_head(heads.multiple_choice, device, amp_dtype),
                                  **(compile_kwargs or {}))
     keys = grandom.split(grandom.key(0, device=device), KEYS)   # no host-to-device copy per step
     counter = [0]
@@ -151,7 +141,8 @@ def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, 
         nonlocal state
         key = keys[counter[0] % KEYS]
         counter[0] += 1
-        _, state, metrics = make(params, state, batch, key)
+        with autocast(device, amp_dtype):
+            _, state, metrics = make(params, state, batch, key)
         return metrics["loss"]
 
     compile_s = common.timed(step, device)   # first call: tracing + compiling when compile=True
@@ -333,11 +324,12 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
     return result
 
 
-def main(argv=None) -> None:
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile gpt1f's step (default on; --no-compile: eager)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
@@ -346,7 +338,11 @@ def main(argv=None) -> None:
     parser.add_argument("--in-process", dest="processes", action="store_false",
                         help="run both sides in this process (default: a process per side)")
     parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = arg_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.serve:
         side, _, part = args.serve.partition(":")

@@ -64,10 +64,11 @@ class StepProcess:
     ``python -m module *args`` builds its side, prints one JSON line (``info``), then answers each
     ``step`` line on stdin with the seconds that step took. Sides in separate processes share the
     machine's noise when interleaved, but not an allocator, OpenMP pools or caches: in one process
-    the peer's eager step ran ~20% slower after gpt1f's compiled one than on its own.
+    the peer's eager step ran slower after gpt1f's compiled one than on its own
+    (``results/cpu2_cpu_20261126-0215_train_one_process.json`` against ``-0221_train_alone.json``).
     """
 
-    def __init__(self, module: str, args: list[str], *, timeout: float = 3600):
+    def __init__(self, module: str, args: list[str]):
         env = child_env()
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,

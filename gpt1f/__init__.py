@@ -1,8 +1,8 @@
 """gpt1f: OpenAI's GPT-1 as pure PyTorch functions over a dict of TF-named parameters."""
 from . import memory, random
 from .config import Config
-from .heads import (classify, classify_loss_fn, loss_fn, multiple_choice, multiple_choice_logits,
-                    similarity, similarity_loss_fn)
+from .heads import HeadOutput, classify, multiple_choice, multiple_choice_logits, similarity
+from .loss import loss_fn
 from .model import lm_logits, transformer
 from .params import count_params, init_params, param_shapes, scope
 from .download import fetch, weights_dir

@@ -67,7 +67,8 @@ def _like(array: np.ndarray, template):
 
 
 def save(directory, step: int, state, meta: dict, *, max_to_keep: int | None = KEEP_LATEST) -> None:
-    """Write ``state`` (a pytree of tensors / numbers) and ``meta`` (JSON-able) as ``step``.
+    """Write ``state`` (a pytree of tensors / numbers) and ``meta`` (JSON-able) as ``step``,
+    unless ``step`` is already saved there: then nothing is written and the saved one stays.
 
     Steps beyond the newest ``max_to_keep`` are deleted once the new one is complete.
     """

@@ -66,10 +66,6 @@ class Config:
         """Row of ``model/we:0`` holding position 0."""
         return self.n_vocab + self.n_special
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

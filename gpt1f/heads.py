@@ -1,18 +1,40 @@
-"""Task heads over the transformer, as in the paper's Figure 1, and their losses.
+"""Task heads over the transformer, as in the paper's Figure 1.
 
 Every head reads the hidden state at the first ``clf_token`` (``_classify_``) of a sequence and
-applies ``model/clf``. Each returns its logits, per-example task losses and per-sequence LM losses,
-so a loss is ``mean(task) + lm_coef * mean(lm)`` (TF takes means, not sums).
+applies ``model/clf``. A head is a *task* function over the trunk's hidden states,
+``task(params, batch, hidden, *, cfg, key, train) -> (outputs, task_losses [B])``; ``HEADS`` names
+the built-in ones. The public functions ``multiple_choice``, ``classify`` and ``similarity`` run the
+trunk, the task and the per-sequence LM losses and return one ``HeadOutput``, whose shapes depend
+on the batch only. The training loss over any head is ``gpt1f.loss.loss_fn``.
 """
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .fused_lm_loss import lm_loss_mean
-from .model import CLF_TAG, embedding_matrix, lm_losses, sub_key, transformer_from_embedding
+from .dropout_keys import model_key
+from .model import embedding_matrix, lm_losses, transformer_from_embedding
 from .random import dropout
+
+
+class HeadOutput(NamedTuple):
+    """What a head computes; unpacks as ``logits, task_losses, lm_losses = head(...)``."""
+
+    logits: torch.Tensor       # multiple choice [B, C]; classify [B, n_class]; similarity [B]
+    task_losses: torch.Tensor  # [B]
+    lm_losses: torch.Tensor    # per sequence, tokens' leading shape: [B, C]; [B]; [B, 2]
+
+
+def trunk(params, tokens: torch.Tensor, *, cfg: Config, key=None, train: bool = False):
+    """The dropped-out ``we`` (shared with the tied LM head) and the hidden states.
+
+    tokens [..., T] -> we [n_rows, E], hidden [..., T, E]
+    """
+    we = embedding_matrix(params, cfg=cfg, key=key, train=train)
+    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
 
 
 def pool_clf_token(hidden: torch.Tensor, tokens: torch.Tensor, clf_token: int) -> torch.Tensor:
@@ -30,116 +52,88 @@ def clf_head(params, pooled: torch.Tensor) -> torch.Tensor:
     return pooled @ params["model/clf/w:0"] + params["model/clf/b:0"]
 
 
-def _features(params, tokens, *, cfg: Config, key, train: bool):
-    """Shared trunk: dropped ``we``, hidden states and pooled clf states.  [..., T] -> ..."""
-    we = embedding_matrix(params, cfg=cfg, key=key, train=train)
-    hidden = transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
-    return we, hidden, pool_clf_token(hidden, tokens, cfg.clf_token)
+def multiple_choice_task(params, batch, hidden, *, cfg: Config, key=None, train: bool = False):
+    """One logit per choice, softmax over the choices (ROCStories, RACE).
 
-
-def _lm_losses_or_zeros(we, hidden, batch, with_lm: bool, fused_lm: bool) -> torch.Tensor:
-    """Per-sequence LM losses ``[...]``; their mean ``[]`` from the fused op when ``fused_lm``."""
-    tokens = batch["tokens"]
-    if not with_lm:
-        return hidden.new_zeros(() if fused_lm else tokens.shape[:-1])
-    if fused_lm:
-        return lm_loss_mean(we, hidden, tokens, batch["mask"])
-    return lm_losses(we, hidden, tokens, batch["mask"])
-
-
-def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True,
-                    fused_lm: bool = False):
-    """Multiple-choice scoring (ROCStories, RACE): one logit per choice, softmax over choices.
-
-    batch: ``tokens`` [B, C, T] int64, ``mask`` [B, C, T] float, ``label`` [B] int64.
-    Returns ``clf_logits`` [B, C], ``clf_losses`` [B], ``lm_losses`` [B, C] (zeros when
-    ``with_lm=False``, which skips the LM head's cost; with ``fused_lm=True``, their mean as one
-    scalar from :func:`gpt1f.fused_lm_loss.lm_loss_mean`, the training path). Classifier dropout shares one mask across
-    the choices of an example (TF ``noise_shape=[B, 1, E]``).
+    batch: ``tokens`` [B, C, T], ``label`` [B] int64; hidden [B, C, T, E] -> logits [B, C],
+    losses [B]. Classifier dropout shares one mask across the choices of an example (TF
+    ``noise_shape=[B, 1, E]``).
     """
-    we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, C, E]
-    pooled = dropout(pooled, cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train,
+    pooled = pool_clf_token(hidden, batch["tokens"], cfg.clf_token)     # [B, C, E]
+    pooled = dropout(pooled, cfg.clf_pdrop, key=model_key(key, "clf"), train=train,
                      noise_shape=(pooled.shape[0], 1, pooled.shape[2]))
-    clf_logits = clf_head(params, pooled)[..., 0]                         # [B, C]
-    clf_losses = F.cross_entropy(_f32(clf_logits), batch["label"], reduction="none")
-    return clf_logits, clf_losses.to(clf_logits.dtype), _lm_losses_or_zeros(we, hidden, batch, with_lm, fused_lm)
+    logits = clf_head(params, pooled)[..., 0]
+    return logits, _cross_entropy(logits, batch["label"])
+
+
+def classify_task(params, batch, hidden, *, cfg: Config, key=None, train: bool = False):
+    """Text classification / entailment: ``model/clf/w:0`` is ``[E, n_class]``.
+
+    batch: ``tokens`` [B, T], ``label`` [B] int64; hidden [B, T, E] -> logits [B, n_class], losses [B]
+    """
+    pooled = pool_clf_token(hidden, batch["tokens"], cfg.clf_token)     # [B, E]
+    logits = clf_head(params, dropout(pooled, cfg.clf_pdrop, key=model_key(key, "clf"), train=train))
+    return logits, _cross_entropy(logits, batch["label"])
+
+
+def similarity_task(params, batch, hidden, *, cfg: Config, key=None, train: bool = False,
+                    objective: str = "mse"):
+    """Sentence-pair similarity: both orderings run through the model, their clf states summed.
+
+    batch: ``tokens`` [B, 2, T] (``A;B`` and ``B;A``), ``label`` [B] float; hidden [B, 2, T, E] ->
+    scores [B], losses [B]. ``model/clf/w:0`` is ``[E, 1]``. ``objective='mse'`` regresses the
+    label (STS-B); ``'bce'`` treats the score as a logit of a 0/1 label (QQP, MRPC).
+    """
+    if objective not in ("mse", "bce"):
+        raise ValueError(f"unknown similarity objective {objective!r}; use 'mse' or 'bce'")
+    pooled = pool_clf_token(hidden, batch["tokens"], cfg.clf_token).sum(-2)   # [B, E]
+    scores = clf_head(params, dropout(pooled, cfg.clf_pdrop, key=model_key(key, "clf"),
+                                      train=train))[..., 0]
+    label = batch["label"].to(scores.dtype)
+    if objective == "mse":
+        return scores, (scores - label).square()
+    return scores, F.binary_cross_entropy_with_logits(scores, label, reduction="none")
+
+
+HEADS: dict[str, Callable] = {"multiple_choice": multiple_choice_task, "classify": classify_task,
+                              "similarity": similarity_task}
+
+
+def head_output(task: Callable, params, batch, *, cfg: Config, key=None, train: bool = False,
+                **task_kwargs) -> HeadOutput:
+    """Trunk, ``task`` and the per-sequence LM losses (``gpt1f.model.lm_losses``) of one batch."""
+    we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train)
+    logits, task_losses = task(params, batch, hidden, cfg=cfg, key=key, train=train, **task_kwargs)
+    return HeadOutput(logits, task_losses, lm_losses(we, hidden, batch["tokens"], batch["mask"]))
+
+
+def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False) -> HeadOutput:
+    """Multiple-choice scoring. batch: ``tokens`` [B, C, T] int64, ``mask`` [B, C, T] float,
+    ``label`` [B] int64 -> ``HeadOutput(logits [B, C], task_losses [B], lm_losses [B, C])``."""
+    return head_output(multiple_choice_task, params, batch, cfg=cfg, key=key, train=train)
+
+
+def classify(params, batch, *, cfg: Config, key=None, train: bool = False) -> HeadOutput:
+    """Classification. batch: ``tokens`` [B, T], ``mask`` [B, T], ``label`` [B] int64 ->
+    ``HeadOutput(logits [B, n_class], task_losses [B], lm_losses [B])``."""
+    return head_output(classify_task, params, batch, cfg=cfg, key=key, train=train)
+
+
+def similarity(params, batch, *, cfg: Config, key=None, train: bool = False,
+               objective: str = "mse") -> HeadOutput:
+    """Similarity. batch: ``tokens`` [B, 2, T], ``mask`` [B, 2, T], ``label`` [B] float ->
+    ``HeadOutput(scores [B], task_losses [B], lm_losses [B, 2])``; see :func:`similarity_task`."""
+    return head_output(similarity_task, params, batch, cfg=cfg, key=key, train=train,
+                       objective=objective)
 
 
 def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
     """Eval-time scores without the LM head.  [B, C, T] -> [B, C]"""
-    _, _, pooled = _features(params, tokens, cfg=cfg, key=None, train=False)
-    return clf_head(params, pooled)[..., 0]
+    _, hidden = trunk(params, tokens, cfg=cfg)
+    return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token))[..., 0]
 
 
-def classify(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True,
-             fused_lm: bool = False):
-    """Text classification / entailment: ``model/clf/w:0`` is ``[E, n_class]``.
-
-    batch: ``tokens`` [B, T], ``mask`` [B, T], ``label`` [B] int64.
-    Returns ``logits`` [B, n_class], ``clf_losses`` [B], ``lm_losses`` [B].
-    """
-    we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, E]
-    pooled = dropout(pooled, cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train)
-    logits = clf_head(params, pooled)
-    clf_losses = F.cross_entropy(_f32(logits), batch["label"], reduction="none")
-    return logits, clf_losses.to(logits.dtype), _lm_losses_or_zeros(we, hidden, batch, with_lm, fused_lm)
-
-
-def similarity(params, batch, *, cfg: Config, key=None, train: bool = False, with_lm: bool = True,
-               fused_lm: bool = False, objective: str = "mse"):
-    """Sentence-pair similarity: both orderings run through the model, their clf states summed.
-
-    batch: ``tokens`` [B, 2, T] (``A;B`` and ``B;A``), ``mask`` [B, 2, T], ``label`` [B] float.
-    ``model/clf/w:0`` is ``[E, 1]``; the score is a scalar per pair. ``objective='mse'`` regresses
-    the label (STS-B); ``'bce'`` treats the score as a logit of a 0/1 label (QQP, MRPC).
-    Returns ``scores`` [B], ``losses`` [B], ``lm_losses`` [B, 2].
-    """
-    we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, 2, E]
-    summed = dropout(pooled.sum(-2), cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train)
-    scores = clf_head(params, summed)[..., 0]                             # [B]
-    label = batch["label"].to(scores.dtype)
-    if objective == "mse":
-        losses = (scores - label).square()
-    elif objective == "bce":
-        losses = F.binary_cross_entropy_with_logits(scores, label, reduction="none")
-    else:
-        raise ValueError(f"unknown similarity objective {objective!r}; use 'mse' or 'bce'")
-    return scores, losses, _lm_losses_or_zeros(we, hidden, batch, with_lm, fused_lm)
-
-
-def task_loss(clf_losses: torch.Tensor, lm_losses: torch.Tensor, lm_coef: float) -> torch.Tensor:
-    """``mean(clf_losses) + lm_coef * mean(lm_losses)``, the TF training objective."""
-    if lm_coef == 0:
-        return clf_losses.mean()
-    return clf_losses.mean() + lm_coef * lm_losses.mean()
-
-
-def loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False, lm_coef: float = 0.5,
-            fused_lm: bool = False):
-    """Multiple-choice training loss (scalar); the LM head is skipped when ``lm_coef == 0``.
-
-    ``fused_lm=True`` takes the LM term from :func:`gpt1f.fused_lm_loss.lm_loss_mean`: the same
-    value and gradients, faster and without the full logits when differentiating, slower when not.
-    """
-    _, clf_losses, lm = multiple_choice(params, batch, cfg=cfg, key=key, train=train,
-                                        with_lm=lm_coef != 0, fused_lm=fused_lm)
-    return task_loss(clf_losses, lm, lm_coef)
-
-
-def classify_loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False, lm_coef: float = 0.5,
-                     fused_lm: bool = False):
-    _, clf_losses, lm = classify(params, batch, cfg=cfg, key=key, train=train, with_lm=lm_coef != 0,
-                                 fused_lm=fused_lm)
-    return task_loss(clf_losses, lm, lm_coef)
-
-
-def similarity_loss_fn(params, batch, *, cfg: Config, key=None, train: bool = False,
-                       lm_coef: float = 0.5, objective: str = "mse", fused_lm: bool = False):
-    _, losses, lm = similarity(params, batch, cfg=cfg, key=key, train=train,
-                               with_lm=lm_coef != 0, fused_lm=fused_lm, objective=objective)
-    return task_loss(losses, lm, lm_coef)
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    """Losses in at least float32 (bf16 logits upcast; float64 kept)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+def _cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy in at least float32 (bf16 logits upcast), in the logits' dtype."""
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide, label, reduction="none").to(logits.dtype)

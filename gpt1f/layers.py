@@ -8,9 +8,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from .config import Config
-from .random import dropout, fold_in
+from .dropout_keys import block_site_key
+from .random import dropout
 
 MASK_VALUE = -1e9  # TF's ``w * b - 1e9 * (1 - b)``; transformers uses -1e4
 
@@ -41,13 +43,11 @@ def conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
-    """[..., T, H*D] -> [..., H, T, D]"""
-    return x.unflatten(-1, (n_head, -1)).transpose(-3, -2)
+    return rearrange(x, "... t (h d) -> ... h t d", h=n_head)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[..., H, T, D] -> [..., T, H*D]"""
-    return x.transpose(-3, -2).flatten(-2)
+    return rearrange(x, "... h t d -> ... t (h d)")
 
 
 def causal_attention_reference(q, k, v, *, attn_pdrop: float, key, train: bool) -> torch.Tensor:
@@ -81,24 +81,23 @@ def attn(p, x: torch.Tensor, *, cfg: Config, key, train: bool) -> torch.Tensor:
     """Self-attention sub-layer with residual dropout after ``c_proj``.  [..., T, E] -> [..., T, E]"""
     q, k, v = conv1d(x, p["attn/c_attn/w:0"], p["attn/c_attn/b:0"]).chunk(3, dim=-1)
     q, k, v = (split_heads(t, cfg.n_head) for t in (q, k, v))
-    a = causal_attention(q, k, v, attn_pdrop=cfg.attn_pdrop, key=_sub(key, 0), train=train)
+    a = causal_attention(q, k, v, attn_pdrop=cfg.attn_pdrop, key=block_site_key(key, "attn_probs"),
+                         train=train)
     a = conv1d(merge_heads(a), p["attn/c_proj/w:0"], p["attn/c_proj/b:0"])
-    return dropout(a, cfg.resid_pdrop, key=_sub(key, 1), train=train)
+    return dropout(a, cfg.resid_pdrop, key=block_site_key(key, "attn_resid"), train=train)
 
 
 def mlp(p, x: torch.Tensor, *, cfg: Config, key, train: bool) -> torch.Tensor:
     """Position-wise feed-forward sub-layer.  [..., T, E] -> [..., T, E]"""
     h = ACTIVATION_FNS[cfg.afn](conv1d(x, p["mlp/c_fc/w:0"], p["mlp/c_fc/b:0"]))
     h = conv1d(h, p["mlp/c_proj/w:0"], p["mlp/c_proj/b:0"])
-    return dropout(h, cfg.resid_pdrop, key=_sub(key, 2), train=train)
+    return dropout(h, cfg.resid_pdrop, key=block_site_key(key, "mlp_resid"), train=train)
 
 
 def block(p, x: torch.Tensor, *, cfg: Config, key=None, train: bool = False) -> torch.Tensor:
-    """Post-norm block: ``n = ln_1(x + attn(x)); h = ln_2(n + mlp(n))``.  [..., T, E] -> [..., T, E]"""
+    """Post-norm block: ``n = ln_1(x + attn(x)); h = ln_2(n + mlp(n))``.  [..., T, E] -> [..., T, E]
+
+    ``key`` is this block's key (``gpt1f.dropout_keys.block_key``).
+    """
     n = layer_norm(x + attn(p, x, cfg=cfg, key=key, train=train), p["ln_1/g:0"], p["ln_1/b:0"])
     return layer_norm(n + mlp(p, n, cfg=cfg, key=key, train=train), p["ln_2/g:0"], p["ln_2/b:0"])
-
-
-def _sub(key, i: int):
-    """The block's i-th dropout key (0: attention probs, 1: attention out, 2: mlp out)."""
-    return None if key is None else fold_in(key, i)

@@ -123,13 +123,6 @@ def load(path, *, device=None) -> tuple[Params, dict]:
     return adapters, config
 
 
-def loss_and_parts(adapters: Params, batch, key, *, base: Params, scale: float, **kwargs):
-    """:func:`gpt1f.train.loss_and_parts` of the merged params, as a function of the adapters."""
-    from .train import loss_and_parts as params_loss
-
-    return params_loss(apply(base, adapters, scale=scale), batch, key, **kwargs)
-
-
 def make_train_step(cfg: Config, opt: Optimizer, base: Params, *, scale: float = 1.0,
                     **step_kwargs) -> Callable:
     """``step(adapters, opt_state, batch, key) -> (adapters, opt_state, metrics)``: the train step
@@ -138,5 +131,5 @@ def make_train_step(cfg: Config, opt: Optimizer, base: Params, *, scale: float =
     (``opt.init(adapters)``), the base stays as it is."""
     from .train import make_train_step as make_params_step
 
-    return make_params_step(cfg, opt, loss=functools.partial(loss_and_parts, base=base, scale=scale),
+    return make_params_step(cfg, opt, transform=functools.partial(apply, base, scale=scale),
                             **step_kwargs)

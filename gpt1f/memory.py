@@ -4,14 +4,12 @@ PyTorch's CPU tensors come from ``malloc``. glibc serves a large request with it
 returned to the system on ``free``, but it raises that threshold each time such a block is freed
 (up to 32 MiB), so after the first step most activations and gradients are carved from the heap,
 and the heap keeps what a step frees: the process stays at the high-water mark of the first step
-plus fragmentation. On this project's CPU machine the compiled 117M training step peaks at 3.29
-GiB by default and at 2.99 GiB with the limit (4.23 GiB after a cold compile, whose garbage stays
-in the heap too); benchmarks/bench_memory.py measures both ways.
+plus fragmentation. ``benchmarks/bench_memory.py`` measures the compiled 117M training step's peak
+both ways (results: ``benchmarks/results/*_memory*.json``; the README quotes them).
 
 ``limit_heap_retention()`` fixes the threshold (which also turns glibc's adjustment off) and trims
 the heap once. It is process-wide and explicit: nothing in gpt1f calls it for you. It costs page
-faults on every large allocation: 0-3% of the compiled 117M training step here, 15-40% of
-transformers' eager one.
+faults on every large allocation (measured in the same results files).
 """
 from __future__ import annotations
 
@@ -30,7 +28,8 @@ def _glibc():
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
-        libc.mallopt, libc.malloc_trim, libc.gnu_get_libc_version  # noqa: B018 (glibc only)
+        for symbol in ("mallopt", "malloc_trim", "gnu_get_libc_version"):   # glibc's alone
+            getattr(libc, symbol)
     except (OSError, AttributeError):
         return None
     return libc

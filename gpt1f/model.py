@@ -5,16 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .dropout_keys import block_key, model_key
 from .layers import block
 from .params import scope
-from .random import dropout, fold_in
-
-# Sub-key tags: one key per use, derived from the caller's key by ``fold_in``.
-EMBD_TAG, CLF_TAG, LAYER_TAG0 = 0, 1, 2
-
-
-def sub_key(key, tag: int):
-    return None if key is None else fold_in(key, tag)
+from .random import dropout
 
 
 def embedding_matrix(params, *, cfg: Config, key=None, train: bool = False) -> torch.Tensor:
@@ -23,7 +17,7 @@ def embedding_matrix(params, *, cfg: Config, key=None, train: bool = False) -> t
     One token's mask is therefore shared wherever it occurs, and the tied LM head sees the same
     dropped matrix (the mask is a pure function of the key).  -> [n_rows, E]
     """
-    return dropout(params["model/we:0"], cfg.embd_pdrop, key=sub_key(key, EMBD_TAG), train=train)
+    return dropout(params["model/we:0"], cfg.embd_pdrop, key=model_key(key, "embd"), train=train)
 
 
 def embed(we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
@@ -47,7 +41,7 @@ def transformer_from_embedding(params, we: torch.Tensor, tokens: torch.Tensor, *
     h = h.reshape(-1, *h.shape[-2:])
     for i in range(cfg.n_layer):
         h = block(scope(params, f"model/h{i}/"), h, cfg=cfg,
-                  key=sub_key(key, LAYER_TAG0 + i), train=train)
+                  key=block_key(key, i), train=train)
     return h.reshape(*lead, *h.shape[-2:])
 
 
@@ -55,7 +49,8 @@ def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,
                 train: bool = False) -> torch.Tensor:
     """GPT-1's hidden states.  tokens [..., T] int64 -> hidden [..., T, E]
 
-    ``key`` (see ``gpt1f.random``) drives every dropout mask and is required when ``train``.
+    ``key`` (see ``gpt1f.random``) drives every dropout mask; with ``train`` it is required as soon
+    as a dropout rate is above 0 (a missing key raises there), and unused when every rate is 0.
     Under ``torch.func.vmap``, give each example its own key by vmapping over a ``[batch]`` tensor
     of keys (``gpt1f.random.split(key, batch)``), or pass one unbatched key to share masks.
     """

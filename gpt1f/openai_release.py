@@ -7,9 +7,9 @@ in ``LAYER_VARIABLES`` order. The fine-tuning graph's ``model/we:0`` is
 
 Loading streams: every destination tensor is allocated once, then each shard is read piece by piece
 straight into it (``readinto``; a 1M-value buffer only when a shard's dtype needs converting), so
-peak memory is the result itself (1.01x measured by ``benchmarks/bench_load.py``). The original
-held every shard, their concatenation and the TF variables at once (about 3x; its numpy part alone
-measures 2.3x).
+peak memory is the result itself (``benchmarks/bench_load.py`` measures it against the original's
+concatenate-and-split; results in ``benchmarks/results/``). The original held every shard, their
+concatenation and the TF variables at once.
 """
 from __future__ import annotations
 

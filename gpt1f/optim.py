@@ -191,7 +191,7 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
         if not params:
             raise ValueError("params is empty")
         device = next(iter(params.values())).device
-        zeros = lambda: {k: torch.zeros_like(p, dtype=moment_dtype(p.dtype), requires_grad=False)
+        zeros = lambda: {k: torch.zeros_like(p, dtype=moment_dtype(p.dtype), requires_grad=False)  # noqa: E731
                          for k, p in params.items()}
         count = torch.zeros((), dtype=torch.int64, device=device)
         # A float64 0-dim input makes dynamo restart its first trace; float32 does not.
@@ -211,7 +211,7 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
         t1 = state.count.to(torch.float64) + 1
         lrt = learning_rate(state) * torch.sqrt(1 - b2 ** t1) / (1 - b1 ** t1)
         one, zero = torch.ones_like(t1), torch.zeros_like(t1)
-        pick = lambda value, skipped: torch.where(ok, one * value, skipped)
+        pick = lambda value, skipped: torch.where(ok, one * value, skipped)  # noqa: E731
         scale = clip_factor(norm, max_grad_norm) if max_grad_norm > 0 else torch.ones_like(norm)
         return _Scalars(ok, torch.where(ok, scale, 0), pick(b1, one), pick(1 - b1, zero),
                         pick(b2, one), pick(1 - b2, zero), torch.where(ok, lrt, zero))
@@ -226,7 +226,7 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
             _raise_if_nonfinite(grads, norm)
         s = scalars(state, norm)
         by_dtype = {dt: s.to(dt) for dt in dict.fromkeys(m.dtype for m in state.mu.values())}
-        decayed = {k: l2 > 0 and is_decayed(k, p.shape, vector_l2) for k, p in params.items()}
+        decayed = {k: l2 > 0 and is_decayed(p.shape, vector_l2) for k, p in params.items()}
         return by_dtype, decayed, s.ok
 
     def next_counts(state: AdamState, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,7 @@ def count_params(params: dict[str, torch.Tensor]) -> int:
     return sum(p.numel() for p in params.values())
 
 
-def is_decayed(name: str, shape, vector_l2: bool = False) -> bool:
+def is_decayed(shape, vector_l2: bool = False) -> bool:
     """TF's rule for weight decay: matrices (``we``, ``[1, nx, nf]`` weights, ``clf/w``) decay;
     vectors (biases, gains) only when ``vector_l2``."""
     return len(shape) > 1 or vector_l2

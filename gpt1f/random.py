@@ -8,7 +8,7 @@ plain integer tensor ops, so it works unchanged under ``torch.func.grad``, ``tor
 
 The hash runs in int32 with wrapping multiplication and arithmetic shifts, which eager CPU, CUDA,
 inductor's C++ and Triton kernels all implement alike (tests compare eager and compiled masks bit
-for bit); int64 would be exact C semantics too but is ~8x slower in eager CPU kernels.
+for bit); int64 would be exact C semantics too but is several times slower in eager CPU kernels.
 """
 from __future__ import annotations
 

@@ -11,27 +11,12 @@ from typing import Callable
 import torch
 
 from .config import Config
-from .heads import multiple_choice, task_loss
+from .loss import loss_and_parts
 from .optim import AdamState, Optimizer, global_norm
 from .random import fold_in
 
 Params = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
-
-
-def loss_and_parts(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
-                   head: Callable = multiple_choice, fused_lm: bool = True):
-    """The training loss of ``head`` and its parts: ``(loss, (clf_loss, lm_loss))``, scalars.
-
-    ``loss = mean(clf_losses) + lm_coef * mean(lm_losses)``, the same as ``gpt1f.loss_fn`` for the
-    multiple-choice head; ``lm_loss`` is 0 when ``lm_coef == 0`` (the LM head is skipped).
-    ``fused_lm`` (the default) asks the head for the fused LM loss
-    (:mod:`gpt1f.fused_lm_loss`: same value and gradients, no full logits, padding skipped).
-    """
-    kwargs = {"fused_lm": True} if fused_lm else {}
-    _, clf_losses, lm_losses = head(params, batch, cfg=cfg, key=key, train=True,
-                                    with_lm=lm_coef != 0, **kwargs)
-    return task_loss(clf_losses, lm_losses, lm_coef), (clf_losses.mean(), lm_losses.mean())
 
 
 def split_batch(batch: Batch, accum: int) -> list[Batch]:
@@ -53,28 +38,34 @@ def split_batch(batch: Batch, accum: int) -> list[Batch]:
 
 
 def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
-                      accum: int = 1, head: Callable = multiple_choice, fused_lm: bool = True,
-                      loss: Callable = loss_and_parts):
+                      accum: int = 1, head: str | Callable = "multiple_choice",
+                      fused_lm: bool = True, transform: Callable | None = None):
     """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
+
+    The loss is :func:`gpt1f.loss.loss_and_parts` of ``head`` with dropout (``train=True``).
 
     Micro-batch ``i`` gets its own dropout key ``fold_in(key, i)``, as TF's data-parallel towers
     each drew their own masks; with ``accum == 1`` the key is used as it is. The mean of the
     micro-batch means is the full-batch mean, so the result does not depend on ``accum`` except
-    through dropout. ``loss`` (default :func:`loss_and_parts`, with its signature) is what is
-    differentiated with respect to ``params``; :mod:`gpt1f.lora` passes one over adapters.
+    through dropout. With ``transform``, ``params`` are what is differentiated and the model runs
+    on ``transform(params)`` (:mod:`gpt1f.lora` differentiates adapters merged into a frozen base).
     """
+    def loss(p, micro, micro_key):
+        model_params = p if transform is None else transform(p)
+        return loss_and_parts(model_params, micro, cfg=cfg, head=head, key=micro_key, train=True,
+                              lm_coef=lm_coef, fused_lm=fused_lm)
+
     grad_fn = torch.func.grad_and_value(loss, has_aux=True)
     micro_batches = split_batch(batch, accum)
     keys = [key] if accum == 1 else [fold_in(key, i) for i in range(accum)]
     total, sums = None, None
     for micro, micro_key in zip(micro_batches, keys):
-        grads, (loss, (clf, lm)) = grad_fn(params, micro, micro_key, cfg=cfg, lm_coef=lm_coef,
-                                           head=head, fused_lm=fused_lm)
+        grads, (value, (clf, lm)) = grad_fn(params, micro, micro_key)
         if total is None:
-            total, sums = grads, (loss, clf, lm)
+            total, sums = grads, (value, clf, lm)
         else:
             total = {k: total[k] + g for k, g in grads.items()}
-            sums = tuple(s + x for s, x in zip(sums, (loss, clf, lm)))
+            sums = tuple(s + x for s, x in zip(sums, (value, clf, lm)))
     if accum == 1:
         return total, sums
     return {k: g / accum for k, g in total.items()}, tuple(s / accum for s in sums)
@@ -82,18 +73,19 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
 
 def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: Config,
                opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
-               head: Callable = multiple_choice, fused_lm: bool = True,
-               loss: Callable = loss_and_parts
+               head: str | Callable = "multiple_choice", fused_lm: bool = True,
+               transform: Callable | None = None
                ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """Gradients of the loss with dropout (``key``), then one ``opt`` update.
 
-    batch: ``tokens`` [B, C, T], ``mask`` [B, C, T], ``label`` [B] for the default
-    multiple-choice head; ``accum`` splits it into that many micro-batches (see
+    The loss is ``gpt1f.loss_fn(..., head=head, lm_coef=lm_coef, fused_lm=fused_lm,
+    train=True)``. batch: ``tokens`` [B, C, T], ``mask`` [B, C, T], ``label`` [B] for the
+    default multiple-choice head; ``accum`` splits it into that many micro-batches (see
     :func:`accumulated_grads`). ``inplace=True`` uses ``opt.update_``, which writes into
     ``params`` and ``opt_state`` (and returns them) instead of allocating new tensors.
-    ``fused_lm`` computes the LM term with :func:`gpt1f.fused_lm_loss.lm_loss_mean` (``head``
-    must then take a ``fused_lm`` keyword, as the built-in heads do); ``False`` differentiates
-    the plain per-sequence ``lm_losses``.
+    ``fused_lm`` (the default here, since a step always differentiates) takes the LM term from
+    :func:`gpt1f.fused_lm_loss.lm_loss_mean`; ``False`` differentiates the plain per-sequence
+    ``lm_losses``.
 
     Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
     ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
@@ -102,7 +94,7 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     """
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
         params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm,
-        loss=loss)
+        transform=transform)
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
@@ -113,9 +105,9 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
 
 
 def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum: int = 1,
-                    inplace: bool = False, head: Callable = multiple_choice, fused_lm: bool = True,
-                    loss: Callable = loss_and_parts, compile: bool = False,
-                    **compile_kwargs) -> Callable:
+                    inplace: bool = False, head: str | Callable = "multiple_choice",
+                    fused_lm: bool = True, transform: Callable | None = None,
+                    compile: bool = False, **compile_kwargs) -> Callable:
     """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
     with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
     go to ``torch.compile``, e.g. ``backend`` or ``mode``).
@@ -126,7 +118,8 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     """
     def step(params, opt_state, batch, key):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
-                          accum=accum, inplace=inplace, head=head, fused_lm=fused_lm, loss=loss)
+                          accum=accum, inplace=inplace, head=head, fused_lm=fused_lm,
+                          transform=transform)
 
     if not compile:
         return step

@@ -5,6 +5,7 @@ import torch
 import gpt1f
 from gpt1f import random as grandom
 from gpt1f.fused_lm_loss import lm_loss_mean
+from gpt1f.loss import loss_and_parts
 from gpt1f.model import lm_losses
 from gpt1f.train import train_step
 from tests.test_train_step import CFG, make_batch, moving_opt
@@ -132,16 +133,18 @@ def mc_batch(seed=0):
 
 
 @pytest.mark.parametrize("head", ["multiple_choice", "classify"])
-def test_heads_return_the_mean_lm_loss_when_fused(head):
+def test_the_loss_entrys_fused_lm_term_is_the_mean_of_the_heads_lm_losses(head):
     params, batch, key = gpt1f.init_params(CFG, seed=0, dtype=F64), mc_batch(), grandom.key(1)
     if head == "classify":
         params = gpt1f.init_params(CFG, seed=0, dtype=F64, n_class=3)
         batch = {k: v[:, 0] for k, v in batch.items() if k != "label"} | {"label": batch["label"]}
-    fn = getattr(gpt1f, head)
-    _, _, plain = fn(params, batch, cfg=CFG, key=key, train=True)
-    _, _, fused = fn(params, batch, cfg=CFG, key=key, train=True, fused_lm=True)
-    assert fused.shape == () and plain.shape == batch["tokens"].shape[:-1]
-    torch.testing.assert_close(fused, plain.mean(), rtol=1e-12, atol=0)
+    out = getattr(gpt1f, head)(params, batch, cfg=CFG, key=key, train=True)
+    assert out.lm_losses.shape == batch["tokens"].shape[:-1]
+    for fused in (False, True):
+        _, parts = loss_and_parts(params, batch, cfg=CFG, head=head, key=key, train=True,
+                                  fused_lm=fused)
+        torch.testing.assert_close(parts.lm, out.lm_losses.mean(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(parts.task, out.task_losses.mean(), rtol=1e-14, atol=0)
 
 
 def test_loss_fn_gradients_fused_equal_plain_with_dropout():

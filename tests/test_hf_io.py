@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gpt1f import Config, init_params, param_shapes
-from gpt1f.hf import BLOCK_TABLE, load_hf, save_hf
+from gpt1f.hf import load_hf, save_hf
 from gpt1f.params import init_value
 
 transformers = pytest.importorskip("transformers")
@@ -28,16 +28,34 @@ def assert_same(a, b):
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
+# transformers' module in block i -> the TF scope under model/h{i}/ (written from the two
+# codebases' layer names, not from gpt1f.hf's table)
+HF_BLOCK_MODULES = {"attn.c_attn": "attn/c_attn", "attn.c_proj": "attn/c_proj",
+                    "mlp.c_fc": "mlp/c_fc", "mlp.c_proj": "mlp/c_proj", "ln_1": "ln_1", "ln_2": "ln_2"}
+
+
 def state_as_tf(state: dict, cfg: Config) -> dict:
-    """A transformers state dict (no prefix) mapped to TF names by hand, independent of gpt1f.hf."""
+    """A transformers state dict (no prefix) mapped to TF names by hand, independent of gpt1f.hf.
+
+    Every key of ``state`` must be placed (an unknown one raises KeyError). HF's Conv1D weight is
+    TF's ``[1, nx, nf]`` filter without its leading axis; layer norms are ``g``/``b`` in TF.
+    """
     out = {"model/we:0": torch.cat([state["tokens_embed.weight"], state["positions_embed.weight"]])}
-    for i in range(cfg.n_layer):
-        for hf, tf, how in BLOCK_TABLE:
-            t = state[hf.format(i=i)]
-            out[tf.format(i=i)] = t[None] if how == "conv" else t
-    if "multiple_choice_head.summary.weight" in state:
-        out["model/clf/w:0"] = state["multiple_choice_head.summary.weight"].T
-        out["model/clf/b:0"] = state["multiple_choice_head.summary.bias"]
+    for name, t in state.items():
+        if name in ("tokens_embed.weight", "positions_embed.weight"):
+            continue
+        if name.startswith("multiple_choice_head.summary."):
+            kind = name.rsplit(".", 1)[1]
+            out["model/clf/w:0" if kind == "weight" else "model/clf/b:0"] = t.T if kind == "weight" else t
+            continue
+        h, i, rest = name.split(".", 2)
+        module, kind = rest.rsplit(".", 1)
+        assert h == "h" and int(i) < cfg.n_layer and kind in ("weight", "bias"), name
+        scope = f"model/h{i}/{HF_BLOCK_MODULES[module]}"
+        if module.startswith("ln_"):
+            out[f"{scope}/{'g' if kind == 'weight' else 'b'}:0"] = t
+        else:
+            out[f"{scope}/{'w' if kind == 'weight' else 'b'}:0"] = t[None] if kind == "weight" else t
     return out
 
 

@@ -11,12 +11,11 @@ multiple-choice scores), so the tolerances below are max abs diff <= 5e-6 and <=
 import pytest
 import torch
 
-from gpt1f import Config, init_params
+from gpt1f import Config, heads, init_params
 from gpt1f.hf import save_hf
 from gpt1f.model import embed, lm_logits, transformer
 
 transformers = pytest.importorskip("transformers")
-heads = pytest.importorskip("gpt1f.heads")
 
 TOLERANCE = {torch.float32: 5e-6, torch.float64: 1e-14}
 

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import gpt1f
 from gpt1f import random as grandom
+from gpt1f import release_data
+from gpt1f.dropout_keys import BLOCK_TAGS, MODEL_TAGS, site_key
 from tests.conftest import ROOT
 from tests.test_tf_parity import make_batch, perturbed_params
 
@@ -48,11 +50,11 @@ def test_pretrained_config_caps_n_ctx_at_512():
 # Parameters
 
 
-def test_param_names_and_shapes_are_the_tf_variables(shared_gpt_dir):
+def test_param_names_and_shapes_are_the_tf_variables():
     """Every block variable has the release's shape (params_shapes.json, arrays 2..145)."""
     cfg = gpt1f.Config.gpt1()
     shapes = gpt1f.param_shapes(cfg)
-    release = json.loads((shared_gpt_dir / "params_shapes.json").read_text())
+    release = json.loads(release_data.path("params_shapes.json").read_text())
     assert len(release) == 146
     block_names = [k for k in shapes if k.startswith("model/h")]
     assert [list(shapes[k]) for k in block_names] == release[2:]
@@ -155,7 +157,7 @@ def test_embedding_dropout_masks_whole_rows_shared_with_the_lm_head():
     we = params["model/we:0"]
     from gpt1f.model import embedding_matrix
     dropped = embedding_matrix(params, cfg=cfg, key=key, train=True)
-    keep = grandom.uniform(grandom.fold_in(key, 0), we.shape) >= 0.5
+    keep = grandom.uniform(site_key(key, "embd"), we.shape) >= 0.5
     assert torch.equal(dropped, we * keep / 0.5)
     # the lookup reads rows of the dropped matrix, so a repeated token sees one mask
     tokens = torch.tensor([[5, 7, 5, 5]])
@@ -202,7 +204,7 @@ def test_classify_head_matches_a_direct_computation():
     assert lm.shape == (3,)
     # the multiple-choice lm_losses of choice 0 are the same per-sequence losses
     torch.testing.assert_close(lm, gpt1f.multiple_choice(params, mc, cfg=cfg)[2][:, 0])
-    loss = gpt1f.classify_loss_fn(params, batch, cfg=cfg, lm_coef=0.5)
+    loss = gpt1f.loss_fn(params, batch, cfg=cfg, head="classify", lm_coef=0.5)
     torch.testing.assert_close(loss, clf_losses.mean() + 0.5 * lm.mean())
 
 
@@ -228,11 +230,80 @@ def test_similarity_sums_both_orderings():
         gpt1f.similarity(params, batch, cfg=cfg, objective="hinge")
 
 
-def test_lm_coef_zero_skips_the_lm_term():
+def flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def ops_run(fn) -> set[str]:
+    """The names of the operators ``fn`` dispatches (e.g. ``'gpt1f.lm_loss_mean_and_grads'``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+    names: set[str] = set()
+    with Log():
+        fn()
+    return names
+
+
+def test_lm_coef_zero_skips_the_lm_head():
+    """Not only is the LM term 0: the tied head never runs (its FLOPs are not spent, the fused
+    op is not called)."""
     cfg = gpt1f.Config.tiny()
     params, batch = perturbed_params(cfg), make_batch(cfg)
     _, clf_losses, _ = gpt1f.multiple_choice(params, batch, cfg=cfg)
-    torch.testing.assert_close(gpt1f.loss_fn(params, batch, cfg=cfg, lm_coef=0.0), clf_losses.mean())
+
+    def loss(coef, fused_lm=False):
+        return gpt1f.loss_fn(params, batch, cfg=cfg, lm_coef=coef, fused_lm=fused_lm)
+    torch.testing.assert_close(loss(0.0), clf_losses.mean())
+    scoring = flops(lambda: gpt1f.multiple_choice_logits(params, batch["tokens"], cfg=cfg))
+    assert flops(lambda: loss(0.0)) == scoring
+    b, c, t = batch["tokens"].shape
+    assert flops(lambda: loss(0.5)) - scoring == 2 * b * c * (t - 1) * cfg.n_embd * cfg.n_rows
+    fused_op = "gpt1f.lm_loss_mean_and_grads"
+    assert fused_op in ops_run(lambda: loss(0.5, fused_lm=True))
+    assert fused_op not in ops_run(lambda: loss(0.0, fused_lm=True))
+
+
+@pytest.mark.parametrize("head, batch_of, shape", [
+    ("multiple_choice", lambda mc: mc, (3, 2)),
+    ("classify", lambda mc: {k: v[:, 0] if k != "label" else v for k, v in mc.items()}, (3,)),
+    ("similarity", lambda mc: {**mc, "label": torch.rand(3, dtype=torch.float64)}, (3, 2)),
+])
+def test_every_head_returns_one_head_output_with_per_sequence_lm_losses(head, batch_of, shape):
+    cfg = gpt1f.Config.tiny()
+    params, batch = perturbed_params(cfg), batch_of(make_batch(cfg))
+    if head == "classify":                                      # two classes: labels 0 and 1
+        params["model/clf/w:0"] = torch.randn(cfg.n_embd, 2, dtype=torch.float64)
+        params["model/clf/b:0"] = torch.zeros(2, dtype=torch.float64)
+    for kwargs in ({}, {"key": grandom.key(0), "train": True}):
+        out = getattr(gpt1f, head)(params, batch, cfg=cfg, **kwargs)
+        assert isinstance(out, gpt1f.HeadOutput) and out.task_losses.shape == (3,)
+        assert out.lm_losses.shape == shape == batch["tokens"].shape[:-1]
+        logits, task_losses, lm_losses = out                      # unpacks as a tuple
+        torch.testing.assert_close(gpt1f.loss_fn(params, batch, cfg=cfg, head=head, **kwargs),
+                                   task_losses.mean() + 0.5 * lm_losses.mean())
+
+
+def test_an_unknown_head_is_named():
+    cfg = gpt1f.Config.tiny()
+    with pytest.raises(ValueError, match="'regress'"):
+        gpt1f.loss_fn(perturbed_params(cfg), make_batch(cfg), cfg=cfg, head="regress")
+
+
+def test_every_dropout_site_draws_from_its_own_key():
+    """The key table gives distinct keys for all sites of all layers; None stays None."""
+    key = grandom.key(0)
+    sites = [site_key(key, s) for s in MODEL_TAGS]
+    sites += [site_key(key, s, layer) for layer in range(12) for s in BLOCK_TAGS]
+    assert len({int(k) for k in sites}) == len(sites) == 2 + 12 * 3
+    assert site_key(None, "embd") is None and site_key(None, "mlp_resid", 3) is None
 
 
 def test_sequences_longer_than_n_ctx_are_rejected():
@@ -336,3 +407,17 @@ def test_compiled_dropout_masks_equal_eager_bit_for_bit():
     for seed in (0, 1, 2**31 + 5):
         k = grandom.key(seed)
         assert torch.equal(compiled(k), f(k))
+
+
+def test_einops_head_split_and_merge_vmap_and_compile_in_one_graph():
+    """The einops patterns equal the reshape/transpose they state, under vmap and fullgraph compile."""
+    from gpt1f.layers import merge_heads, split_heads
+    torch._dynamo.reset()
+    x = torch.randn(3, 5, 7, 4 * 6)                                        # [B, N, T, H*D]
+    expected = x.view(3, 5, 7, 4, 6).transpose(-3, -2)                    # [B, N, H, T, D]
+    assert torch.equal(split_heads(x, 4), expected)
+    assert torch.equal(torch.func.vmap(lambda row: split_heads(row, 4))(x), expected)
+    round_trip = torch.compile(lambda t: merge_heads(split_heads(t, 4) * 2), fullgraph=True,
+                               backend="eager")
+    assert torch.equal(round_trip(x), x * 2)
+    assert torch.equal(torch.func.vmap(round_trip)(x), x * 2)

@@ -11,8 +11,8 @@ from gpt1f.download import SHARD_NAMES
 from gpt1f.openai_release import (Release, array_pieces, load_openai, read_shapes, save_openai,
                                   shapes_json)
 from gpt1f.params import LAYER_VARIABLES, init_value
+from gpt1f.release_data import path as packaged_file
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "openai-gpt"
 CFG = Config.tiny()  # n_vocab 50, n_special 3, n_ctx 16, n_embd 32, 2 layers
 
 
@@ -128,11 +128,9 @@ def test_array_pieces_cover_every_value_once():
 
 
 def test_real_shapes_file_is_parsed_and_reproduced():
-    if not (SHARED / "params_shapes.json").is_file():
-        pytest.skip(f"real release files not found in {SHARED}")
-    release = read_shapes(SHARED / "params_shapes.json")
+    release = read_shapes(packaged_file("params_shapes.json"))
     assert release == Release(n_ctx=512, n_vocab=40478, n_embd=768, n_layer=12)
-    assert shapes_json(release) == (SHARED / "params_shapes.json").read_text()
+    assert shapes_json(release) == packaged_file("params_shapes.json").read_text()
 
 
 # ---- bad input: every error names the file or variable and what was expected ----

@@ -412,33 +412,44 @@ def test_not_utf8_names_the_file(tmp_path, tiny_paths):
 
 
 def test_failed_load_leaves_nothing_behind(tmp_path, tiny_paths, monkeypatch):
-    """A broken default file fails; once repaired, the next load reads it afresh."""
-    monkeypatch.setenv("GPT1F_WEIGHTS", str(tmp_path))
+    """A broken file in the weights folder fails; once repaired, the next load reads it afresh."""
     encoder_path, bpe_path = write_vocabulary(tmp_path)
     good = bpe_path.read_text(encoding="utf-8")
     bpe_path.write_text(good[:-5], encoding="utf-8")
     with pytest.raises(VocabularyError, match=re.escape(str(bpe_path))):
-        TextEncoder(download=False)
+        TextEncoder(weights_dir=tmp_path, download=False)
     bpe_path.write_text(good, encoding="utf-8")
-    assert TextEncoder(download=False).encode_one("the cat") == TextEncoder(*tiny_paths).encode_one(
-        "the cat")
+    assert TextEncoder(weights_dir=tmp_path, download=False).encode_one("the cat") == TextEncoder(
+        *tiny_paths).encode_one("the cat")
 
 
 # ------------------------------------------------------------------------------------------------
 # Default paths
 
 
-def test_default_paths_follow_gpt1f_weights(tmp_path, tiny_paths, monkeypatch):
+def test_the_default_is_the_packaged_release_vocabulary_whatever_gpt1f_weights_says(
+        tmp_path, monkeypatch):
+    write_vocabulary(tmp_path)                       # a stand-in where $GPT1F_WEIGHTS points
+    monkeypatch.setenv("GPT1F_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("GPT1F_BASE_URL", "http://127.0.0.1:9/")   # nothing is downloaded
+    encoder = TextEncoder(download=False)
+    assert encoder.n_vocab == 40478 and encoder.special["_classify_"] == 40480
+
+
+def test_weights_dir_overrides_the_packaged_vocabulary(tmp_path, tiny_paths):
     write_vocabulary(tmp_path)
-    monkeypatch.setenv("GPT1F_WEIGHTS", str(tmp_path))
-    assert TextEncoder().encode_one("hello, the cat") == TextEncoder(*tiny_paths).encode_one(
-        "hello, the cat")
+    encoder = TextEncoder(weights_dir=tmp_path, download=False)
+    assert encoder.n_vocab == TextEncoder(*tiny_paths).n_vocab != 40478
+    assert encoder.encode_one("hello, the cat") == TextEncoder(*tiny_paths).encode_one("hello, the cat")
 
 
-def test_default_paths_offline_raise_naming_the_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPT1F_WEIGHTS", str(tmp_path))
+def test_explicit_paths_override_the_packaged_vocabulary(tiny_paths):
+    assert TextEncoder(*tiny_paths).n_vocab != TextEncoder().n_vocab
+
+
+def test_a_weights_dir_without_the_files_offline_raises_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder_bpe_40000.json") as error:
-        TextEncoder(download=False)
+        TextEncoder(weights_dir=tmp_path, download=False)
     assert str(tmp_path) in str(error.value)
 
 

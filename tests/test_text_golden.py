@@ -3,13 +3,14 @@
 Each text's ids below were produced by gpt1f.text and confirmed by ``tests/text_reference.py``
 (ftfy, a character-by-character standardisation, spaCy on the whole text, merges applied in rank
 order); their pieces were read through by hand against the algorithm. Both implementations are
-checked against the literals, so a change in either shows up here. Skips without the release
-files in ../shared/openai-gpt/.
+checked against the literals, so a change in either shows up here. The release vocabulary is the
+copy shipped in the package (``gpt1f.release_data``).
 """
 import functools
 
 import pytest
 
+from gpt1f import release_data
 from gpt1f.text import TextEncoder
 from tests.text_reference import Reference, read_merges, sweep_is_greedy
 
@@ -17,13 +18,13 @@ ENCODER_NAME, MERGES_NAME = "encoder_bpe_40000.json", "vocab_40000.bpe"
 
 
 @functools.cache
-def release_encoder(directory) -> TextEncoder:
-    return TextEncoder(directory / ENCODER_NAME, directory / MERGES_NAME)
+def release_encoder() -> TextEncoder:
+    return TextEncoder()                    # the packaged release files
 
 
 @functools.cache
-def release_reference(directory) -> Reference:
-    return Reference(directory / ENCODER_NAME, directory / MERGES_NAME)
+def release_reference() -> Reference:
+    return Reference(release_data.path(ENCODER_NAME), release_data.path(MERGES_NAME))
 
 
 # (text, ids) -- dashes, quotes, ellipses, punctuation runs, newlines, tabs, contractions,
@@ -247,38 +248,38 @@ def test_golden_corpus_is_large_and_distinct():
     assert len(set(TEXTS)) == len(TEXTS)
 
 
-def test_release_vocabulary_facts(shared_gpt_dir):
-    encoder = release_encoder(shared_gpt_dir)
+def test_release_vocabulary_facts():
+    encoder = release_encoder()
     assert encoder.n_vocab == 40478
     assert encoder.special == {"_start_": 40478, "_delimiter_": 40479, "_classify_": 40480}
     assert encoder.decoder[0] == "<unk>" and encoder.encoder["\n</w>"] == 40477
-    merges = read_merges(shared_gpt_dir / MERGES_NAME)
+    merges = read_merges(release_data.path(MERGES_NAME))
     assert len(merges) == 40000 and sweep_is_greedy(merges)
 
 
-def test_encode_batch_matches_golden(shared_gpt_dir):
-    got = release_encoder(shared_gpt_dir).encode(TEXTS)
+def test_encode_batch_matches_golden():
+    got = release_encoder().encode(TEXTS)
     for (text, expected), ids in zip(GOLDEN, got):
         assert ids == expected, text
 
 
 @pytest.mark.parametrize("text, expected", GOLDEN, ids=[f"golden{i}" for i in range(len(GOLDEN))])
-def test_encode_one_matches_golden(shared_gpt_dir, text, expected):
-    assert release_encoder(shared_gpt_dir).encode_one(text) == expected
+def test_encode_one_matches_golden(text, expected):
+    assert release_encoder().encode_one(text) == expected
 
 
-def test_reference_matches_golden(shared_gpt_dir):
-    reference = release_reference(shared_gpt_dir)
+def test_reference_matches_golden():
+    reference = release_reference()
     for text, expected in GOLDEN:
         assert reference.encode_one(text) == expected, text
 
 
-def test_two_worker_processes_match_golden(shared_gpt_dir):
-    encoder = TextEncoder(shared_gpt_dir / ENCODER_NAME, shared_gpt_dir / MERGES_NAME)
+def test_two_worker_processes_match_golden():
+    encoder = TextEncoder()
     assert encoder.encode(TEXTS * 3, workers=2) == [ids for _, ids in GOLDEN] * 3
 
 
-def test_decode_golden(shared_gpt_dir):
-    encoder = release_encoder(shared_gpt_dir)
+def test_decode_golden():
+    encoder = release_encoder()
     assert encoder.decode(encoder.encode_one("Hello, World!\nIt\u2019s 3.14")) == \
         "hello , world ! \n it 's 3.14"

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from gpt1f import release_data
 from gpt1f.text import TextEncoder
 from gpt1f.text.normalize import FTFY_FIXED_POINT, fix_text, standardize
 from tests import text_reference
@@ -19,14 +20,13 @@ ENCODERS: dict = {}  # vocabulary kind -> (TextEncoder, Reference), built once p
 
 @pytest.fixture(params=["tiny", "release"])
 def pair(request, tmp_path_factory):
-    """(TextEncoder, Reference) on the tiny vocabulary, or on the release's (skips if absent)."""
+    """(TextEncoder, Reference) on the tiny vocabulary, or on the release's (the packaged copy)."""
     kind = request.param
     if kind not in ENCODERS:
         if kind == "tiny":
             paths = write_vocabulary(tmp_path_factory.mktemp("tiny_vocab"))
         else:
-            directory = request.getfixturevalue("shared_gpt_dir")
-            paths = directory / "encoder_bpe_40000.json", directory / "vocab_40000.bpe"
+            paths = release_data.path("encoder_bpe_40000.json"), release_data.path("vocab_40000.bpe")
         ENCODERS[kind] = TextEncoder(*paths), Reference(*paths)
     return ENCODERS[kind]
 

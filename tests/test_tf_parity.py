@@ -5,6 +5,7 @@ import torch
 
 import gpt1f
 from gpt1f import random as grandom
+from gpt1f.dropout_keys import site_key
 from tests import tf_reference as tf
 
 
@@ -37,21 +38,14 @@ def numpy_params(params):
 
 
 def injected_dropout(key, cfg):
-    """Masks drawn with gpt1f's key derivation, placed where TF's graph calls dropout."""
-    def mask_key(where):
-        kind, layer = where
-        if kind == "embd":
-            return grandom.fold_in(key, 0)
-        if kind == "clf":
-            return grandom.fold_in(key, 1)
-        sub = {"attn_probs": 0, "attn_resid": 1, "mlp_resid": 2}[kind]
-        return grandom.fold_in(grandom.fold_in(key, 2 + layer), sub)
-
+    """Masks drawn from gpt1f's key layout (``gpt1f.dropout_keys``), placed where TF's graph calls
+    dropout; tf_reference names its sites as that table does."""
     def drop(where, x, rate, noise_shape):
         if rate == 0:
             return x
         shape = x.shape if noise_shape is None else noise_shape
-        keep = (grandom.uniform(mask_key(where), shape, dtype=torch.float64) >= rate).numpy()
+        site, layer = where
+        keep = (grandom.uniform(site_key(key, site, layer), shape, dtype=torch.float64) >= rate).numpy()
         return x * keep / (1 - rate)
     return drop
 

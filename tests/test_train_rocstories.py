@@ -21,7 +21,7 @@ from gpt1f import checkpoint, optim, rocstories
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
-import train_rocstories as cli  # noqa: E402
+import train_rocstories as cli
 
 # A model small enough that a CLI run takes seconds on two cores: 1 block, 32 wide.
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "4", "--n_transfer", "-1",
@@ -30,9 +30,9 @@ TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "4", "--n_transfer", "-1
 
 
 @pytest.fixture
-def vocab_args(shared_gpt_dir):
-    return ["--encoder_path", str(shared_gpt_dir / "encoder_bpe_40000.json"),
-            "--bpe_path", str(shared_gpt_dir / "vocab_40000.bpe")]
+def vocab_args():
+    """No vocabulary flags: the CLI's default is the release vocabulary shipped in the package."""
+    return []
 
 
 def dirs(tmp_path, data="data"):
@@ -383,3 +383,13 @@ def test_pretrained_weights_downloaded_and_transferred(tmp_path, vocab_args, cap
     for name, value in release.items():
         if name.startswith("model/h0/"):
             assert torch.equal(trained["params"][name], value), name
+
+
+def test_vocabulary_default_is_packaged_and_a_weights_dir_holding_one_overrides(tmp_path):
+    from tests.test_text import write_vocabulary
+
+    assert cli.text_encoder(cli.parse_args([])).n_vocab == 40478
+    assert cli.text_encoder(cli.parse_args(["--weights_dir", str(tmp_path)])).n_vocab == 40478
+    write_vocabulary(tmp_path)
+    tiny = cli.text_encoder(cli.parse_args(["--weights_dir", str(tmp_path)]))
+    assert tiny.n_vocab < 1000

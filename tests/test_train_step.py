@@ -90,17 +90,19 @@ def test_lm_coef_zero_trains_the_classifier_loss_alone():
 
 
 def test_other_heads_plug_in():
-    """classify over [B, T] rows with a 3-class clf/w, against gpt1f.classify_loss_fn."""
+    """classify over [B, T] rows with a 3-class clf/w, by name or as a task function."""
     params = make_params(n_class=3)
     rows = make_batch(n_batch=4, n_choice=1)
     batch = {"tokens": rows["tokens"][:, 0], "mask": rows["mask"][:, 0],
              "label": torch.tensor([0, 2, 1, 2])}
     key, opt = grandom.key(9), moving_opt()
-    grads = torch.func.grad(gpt1f.classify_loss_fn)(params, batch, cfg=CFG, key=key, train=True)
+    grads = torch.func.grad(gpt1f.loss_fn)(params, batch, cfg=CFG, head="classify", key=key,
+                                           train=True)
     expected, _ = opt.update(grads, opt.init(params), params)
-    new_p, _, _ = train_step(params, opt.init(params), batch, key, cfg=CFG, opt=opt,
-                             head=gpt1f.classify)
-    assert_trees_close(new_p, expected, rtol=1e-13, atol=1e-16)
+    for head in ("classify", gpt1f.heads.classify_task):
+        new_p, _, _ = train_step(params, opt.init(params), batch, key, cfg=CFG, opt=opt,
+                                 head=head, fused_lm=False)
+        assert_trees_close(new_p, expected, rtol=1e-13, atol=1e-16)
 
 
 def test_accumulation_averages_micro_batch_gradients_with_folded_keys():
@@ -109,7 +111,7 @@ def test_accumulation_averages_micro_batch_gradients_with_folded_keys():
     parts = [grad_fn(params, {k: v[2 * i:2 * i + 2] for k, v in batch.items()}, cfg=CFG,
                      key=grandom.fold_in(key, i), train=True) for i in range(3)]
     mean_grads = {k: sum(g[k] for g, _ in parts) / 3 for k in params}
-    mean_loss = sum(l for _, l in parts) / 3
+    mean_loss = sum(value for _, value in parts) / 3
 
     grads, (loss, _, _) = accumulated_grads(params, batch, key, cfg=CFG, accum=3)
     assert_trees_close(grads, mean_grads, rtol=1e-12, atol=1e-15)

@@ -12,8 +12,8 @@ Large inputs are split over forked worker processes. With ``workers=None`` that 
 are idle (usable CPUs less the one-minute load average); below that, or on a busy machine, or
 without ``fork``, encoding stays in this process. Why so late: a process costs its start-up, the
 transfer of its results, and its own pass over the common words; on a 2-CPU machine already
-running other jobs, two processes were slower than one at every size measured (2,000 to 90,000
-texts), and a ROCStories-sized input (11,226 texts) takes 1.5 to 2 s in one.
+running other jobs, two processes beat one by little or not at all (``benchmarks/bench_text.py``
+times a ROCStories-sized input both ways; results in ``benchmarks/results/``).
 """
 from __future__ import annotations
 
@@ -106,16 +106,18 @@ class Memo:
 class TextEncoder:
     """GPT-1's tokenizer: ``encode(texts) -> ids``, ``decode(ids) -> text``.
 
-    ``encoder_path`` / ``bpe_path`` default to ``encoder_bpe_40000.json`` / ``vocab_40000.bpe`` in
-    the weights folder (``$GPT1F_WEIGHTS``, else ``<repo>/weights``), downloaded from the original
-    repository and SHA-1-verified if missing (unless ``download=False``). Ids ``0 .. n_vocab - 1``
+    ``encoder_path`` / ``bpe_path`` default to the release's ``encoder_bpe_40000.json`` /
+    ``vocab_40000.bpe`` shipped in the package (no network needed); given ``weights_dir``, to the
+    files in that folder, downloaded and SHA-1-verified there if missing (unless
+    ``download=False``). Explicit paths win over both. Ids ``0 .. n_vocab - 1``
     are BPE pieces (0 also stands for any unknown piece); ``special`` maps task tokens to the ids
     after them, by default ``_start_``, ``_delimiter_``, ``_classify_`` (ROCStories).
     """
 
-    def __init__(self, encoder_path=None, bpe_path=None, *,
+    def __init__(self, encoder_path=None, bpe_path=None, *, weights_dir=None,
                  special_tokens: Sequence[str] = ROCSTORIES_SPECIAL, download: bool = True):
-        vocabulary = load_vocabulary(encoder_path, bpe_path, download=download)
+        vocabulary = load_vocabulary(encoder_path, bpe_path, weights_dir=weights_dir,
+                                     download=download)
         self.encoder = vocabulary.encoder  # piece -> id
         self.ranks = vocabulary.ranks  # merge pair -> rank
         self.decoder = sorted(self.encoder, key=self.encoder.get)  # id -> piece

@@ -24,12 +24,16 @@ class Vocabulary(NamedTuple):
     ranks: Ranks  # merge pair -> rank, 0 merged first
 
 
-def default_path(name: str, download: bool = True) -> pathlib.Path:
-    """The release file ``name`` in the weights folder (``$GPT1F_WEIGHTS`` or ``<repo>/weights``),
-    downloaded and SHA-1-verified there if missing."""
-    from ..download import fetch, weights_dir
+def release_path(name: str, weights_dir=None, download: bool = True) -> pathlib.Path:
+    """The release file ``name``: the copy shipped in ``gpt1f/release_data/``, or, given a
+    ``weights_dir``, the one in that folder (downloaded and SHA-1-verified there if missing)."""
+    if weights_dir is None:
+        from .. import release_data
 
-    return fetch([name], weights_dir(), download=download) / name
+        return release_data.path(name)
+    from ..download import fetch
+
+    return fetch([name], pathlib.Path(weights_dir), download=download) / name
 
 
 def read_text(path: pathlib.Path) -> str:
@@ -94,12 +98,13 @@ def check_merges(merges: list[tuple[str, str]], encoder: dict[str, int],
             f"come out of none of them (e.g. {orphans[:3]}): is {merges_path.name} truncated?")
 
 
-def load_vocabulary(encoder_path=None, bpe_path=None, *, download: bool = True) -> Vocabulary:
-    """Read and cross-check the two files; a None path means the release file (see default_path)."""
+def load_vocabulary(encoder_path=None, bpe_path=None, *, weights_dir=None,
+                    download: bool = True) -> Vocabulary:
+    """Read and cross-check the two files; a None path means the release file (see release_path)."""
     if encoder_path is None:
-        encoder_path = default_path(ENCODER_NAME, download)
+        encoder_path = release_path(ENCODER_NAME, weights_dir, download)
     if bpe_path is None:
-        bpe_path = default_path(MERGES_NAME, download)
+        bpe_path = release_path(MERGES_NAME, weights_dir, download)
     encoder_path, bpe_path = pathlib.Path(encoder_path), pathlib.Path(bpe_path)
     encoder = load_encoder(encoder_path)
     merges = parse_merges(read_text(bpe_path), bpe_path)
