@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import check_head_batch, check_inputs
 from .config import Config
 from .fused_lm_loss import lm_loss_mean
 from .model import CLF_TAG, embedding_matrix, lm_losses, sub_key, transformer_from_embedding
@@ -57,6 +58,8 @@ def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False
     scalar from :func:`gpt1f.fused_lm_loss.lm_loss_mean`, the training path). Classifier dropout shares one mask across
     the choices of an example (TF ``noise_shape=[B, 1, E]``).
     """
+    check_head_batch(params, batch, cfg=cfg, key=key, layout="[batch, choices, time]",
+                     n_labels=batch["tokens"].shape[1] if batch["tokens"].dim() == 3 else None, with_lm=with_lm)
     we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, C, E]
     pooled = dropout(pooled, cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train,
                      noise_shape=(pooled.shape[0], 1, pooled.shape[2]))
@@ -67,6 +70,7 @@ def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False
 
 def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
     """Eval-time scores without the LM head.  [B, C, T] -> [B, C]"""
+    check_inputs(params, tokens, cfg=cfg, layout="[batch, choices, time]", rank=3)
     _, _, pooled = _features(params, tokens, cfg=cfg, key=None, train=False)
     return clf_head(params, pooled)[..., 0]
 
@@ -78,6 +82,8 @@ def classify(params, batch, *, cfg: Config, key=None, train: bool = False, with_
     batch: ``tokens`` [B, T], ``mask`` [B, T], ``label`` [B] int64.
     Returns ``logits`` [B, n_class], ``clf_losses`` [B], ``lm_losses`` [B].
     """
+    check_head_batch(params, batch, cfg=cfg, key=key, layout="[batch, time]", what="classes",
+                     n_labels=params["model/clf/b:0"].shape[0], with_lm=with_lm)
     we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, E]
     pooled = dropout(pooled, cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train)
     logits = clf_head(params, pooled)
@@ -94,6 +100,7 @@ def similarity(params, batch, *, cfg: Config, key=None, train: bool = False, wit
     the label (STS-B); ``'bce'`` treats the score as a logit of a 0/1 label (QQP, MRPC).
     Returns ``scores`` [B], ``losses`` [B], ``lm_losses`` [B, 2].
     """
+    check_head_batch(params, batch, cfg=cfg, key=key, layout="[batch, 2, time]", n_labels=None, with_lm=with_lm)
     we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, 2, E]
     summed = dropout(pooled.sum(-2), cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train)
     scores = clf_head(params, summed)[..., 0]                             # [B]

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from .checks import check_inputs, check_lm_coef
 from .config import Config
 from .heads import multiple_choice, task_loss
 from .optim import AdamState, Optimizer, global_norm
@@ -97,6 +98,7 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     scheduled learning rate of this update, before bias correction) and ``nonfinite`` (1 when the
     gradients were not finite and the update was skipped, else 0).
     """
+    check_lm_coef(lm_coef)
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
         params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm)
     grad_norm = global_norm(grads)
@@ -119,13 +121,20 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     the graph, then this wrapper checks ``metrics['nonfinite']`` on the host (one sync a step) and
     raises ``FloatingPointError``; the parameters passed in are untouched either way.
     """
+    check_lm_coef(lm_coef)
+
     def step(params, opt_state, batch, key):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
                           accum=accum, inplace=inplace, head=head, fused_lm=fused_lm)
 
     if not compile:
         return step
-    compiled = torch.compile(step, fullgraph=True, **compile_kwargs)
+    graph = torch.compile(step, fullgraph=True, **compile_kwargs)
+
+    def compiled(params, opt_state, batch, key):
+        check_inputs(params, batch["tokens"], cfg=cfg, key=key)   # values: outside the graph
+        return graph(params, opt_state, batch, key)
+
     if opt.config.nonfinite != "raise":
         return compiled
 
