@@ -44,16 +44,35 @@ def read_text(path: pathlib.Path) -> str:
 def load_encoder(path: pathlib.Path) -> dict[str, int]:
     """The piece -> id table; ids must be exactly 0 .. n-1."""
     try:
-        encoder = json.loads(read_text(path))
+        encoder = json.loads(read_text(path), object_pairs_hook=lambda pairs: _unique(pairs, path))
     except json.JSONDecodeError as e:
         raise VocabularyError(f"{path} is not valid JSON (truncated?): {e}") from None
     if not isinstance(encoder, dict) or not encoder:
         raise VocabularyError(f"{path} must hold a non-empty JSON object of piece -> id")
     ids = encoder.values()
+    pieces_of: dict[int, list[str]] = {}
+    for piece, i in encoder.items():
+        if type(i) is int:
+            pieces_of.setdefault(i, []).append(piece)
+    shared = next(((i, pieces) for i, pieces in pieces_of.items() if len(pieces) > 1), None)
+    if shared:
+        raise VocabularyError(f"{path}: id {shared[0]} is given to {len(shared[1])} pieces "
+                              f"({', '.join(map(repr, shared[1][:5]))}); each id names one piece")
     if not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(encoder))):
         raise VocabularyError(f"{path}: ids must be the integers 0 .. {len(encoder) - 1}, "
                               "each once")
     return encoder
+
+
+def _unique(pairs: list[tuple[str, object]], path: pathlib.Path) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is an error (json keeps the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise VocabularyError(f"{path}: the piece {key!r} appears twice (ids {out[key]!r} and "
+                                  f"{value!r})")
+        out[key] = value
+    return out
 
 
 def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
@@ -64,12 +83,16 @@ def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
                               f"got {lines[0][:40]!r}")
     if lines[-1] != "":
         raise VocabularyError(f"{path}: last line {lines[-1][:40]!r} has no newline (truncated?)")
-    merges = []
+    merges, seen = [], {}
     for number, line in enumerate(lines[1:-1], start=2):
         pair = tuple(line.split(" "))
         if len(pair) != 2 or not all(pair):
             raise VocabularyError(f"{path}, line {number}: expected two symbols separated by one "
                                   f"space, got {line[:40]!r}")
+        if pair in seen:   # a repeated pair would take the later rank and change tokenization
+            raise VocabularyError(f"{path}, line {number}: the merge {line[:40]!r} repeats "
+                                  f"line {seen[pair]}")
+        seen[pair] = number
         merges.append(pair)
     return merges
 
