@@ -29,7 +29,7 @@ def default_path(name: str, download: bool = True) -> pathlib.Path:
     downloaded and SHA-1-verified there if missing."""
     from ..download import fetch, weights_dir
 
-    return fetch([name], weights_dir(), download=download) / name
+    return fetch([name], weights_dir(), download=download, verify=False) / name
 
 
 def read_text(path: pathlib.Path) -> str:
@@ -116,7 +116,9 @@ def check_merges(merges: list[tuple[str, str]], encoder: dict[str, int],
 
 
 def load_vocabulary(encoder_path=None, bpe_path=None, *, download: bool = True) -> Vocabulary:
-    """Read and cross-check the two files; a None path means the release file (see default_path)."""
+    """Read and cross-check the two files; a None path means the release file (see default_path),
+    whose git-blob SHA-1 is then verified too (``gpt1f.download.verify_files``)."""
+    defaults = [p for p, given in ((ENCODER_NAME, encoder_path), (MERGES_NAME, bpe_path)) if given is None]
     if encoder_path is None:
         encoder_path = default_path(ENCODER_NAME, download)
     if bpe_path is None:
@@ -125,4 +127,7 @@ def load_vocabulary(encoder_path=None, bpe_path=None, *, download: bool = True) 
     encoder = load_encoder(encoder_path)
     merges = parse_merges(read_text(bpe_path), bpe_path)
     check_merges(merges, encoder, bpe_path, encoder_path)
+    if defaults:   # the release's files by name: their SHA-1s are known (checked once, stamped)
+        from ..download import verify_files
+        verify_files(defaults, (encoder_path if ENCODER_NAME in defaults else bpe_path).parent)
     return Vocabulary(encoder, {pair: rank for rank, pair in enumerate(merges)})
