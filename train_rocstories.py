@@ -398,51 +398,80 @@ def run_paths(args, desc: str, submission_dir: pathlib.Path) -> Run:
 
 
 def check_writable(flag: str, folder: pathlib.Path) -> None:
-    """Create ``folder`` and a file in it now, so that a read-only or full disk, or a file in the
-    way, fails before any work rather than after training."""
+    """Refuse now, writing nothing, an output folder that could not be written after training:
+    a file in the way, or an existing ancestor where a probe file cannot be created (read-only,
+    full); the probe is deleted at once."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInput(f"{flag}: cannot write in {folder} ({ancestor} is not a folder)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as e:
         raise BadInput(f"{flag}: cannot write in {folder} ({e.strerror or e})") from None
 
 
-def claim_outputs(args, run: Run, stack: contextlib.ExitStack) -> None:
-    """Before any work: output folders writable, ``save_dir/desc`` locked for this run (held
-    until ``stack`` closes), and no earlier run's log or submission about to be replaced."""
+def check_outputs(args, run: Run) -> None:
+    """Before any work, writing nothing: output folders writable, and no earlier run's log or
+    submission about to be replaced."""
     check_writable("--log_dir", run.log.parent)
     check_writable("--save_dir", run.latest.parent)
     if args.submit:
         check_writable("--submission_dir", run.submission.parent)
-    stack.enter_context(run_lock(run.latest.parent))
-    if args.resume or args.overwrite:
-        return
+    if args.resume or args.overwrite or checkpoint.steps(run.latest) or checkpoint.steps(run.best):
+        return                               # (earlier checkpoints: check_checkpoints refuses)
     for path, what in ((run.log, "the log"), (run.submission if args.submit else None, "the submission")):
         if path is not None and path.exists():
             raise BadInput(f"{path} holds {what} of an earlier run: pass --resume to continue it, "
                            "--overwrite to replace it, or another --desc")
 
 
+def claim_outputs(run: Run, stack: contextlib.ExitStack) -> None:
+    """Lock ``save_dir/desc`` for this run (held until ``stack`` closes)."""
+    stack.enter_context(run_lock(run.latest.parent))
+
+
 @contextlib.contextmanager
 def run_lock(folder: pathlib.Path):
     """An exclusive ``flock`` on ``folder/.lock`` for the run's lifetime; a second run on the
-    same folder is refused (the lock goes with the process, however it ends)."""
+    same folder is refused. The lock goes with the process however it ends; on a normal exit the
+    lock file (and ``folder``, if this created it and it stayed empty) is removed while held."""
     import fcntl
 
-    with open(folder / LOCK_FILE, "a+") as f:
+    created = [folder, *folder.parents]
+    created = created[:next(i for i, d in enumerate(created) if d.exists())]   # made here
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--save_dir: cannot create {folder} ({e.strerror or e})") from None
+    path = folder / LOCK_FILE
+    for _ in range(10):
+        f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
+            f.close()
             raise BadInput(f"another run (pid {holder}) is using {folder}; wait for it to end or "
                            "choose another --desc or --save_dir") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            break                   # (else its holder removed it as we opened it: open again)
+        f.close()
+    try:
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
         yield
+    finally:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            for made in created:    # only while empty: a failed start leaves nothing behind
+                made.rmdir()
+        f.close()
 
 
 def write_log(path: pathlib.Path, header: dict, history: list[dict]) -> None:
@@ -782,14 +811,15 @@ def run(args) -> int:
     names = {seed: desc if args.seeds == 1 else f"{desc}_seed{seed}" for seed in seeds}
     run_dirs = {seed: run_paths(args, name, pathlib.Path(args.submission_dir) / name)
                 for seed, name in names.items()}
+    for run_dir in run_dirs.values():
+        check_outputs(args, run_dir)
     with contextlib.ExitStack() as locks:
-        for run_dir in run_dirs.values():
-            claim_outputs(args, run_dir, locks)
-        return run_seeds(args, desc, seeds, run_dirs)
+        return run_seeds(args, desc, seeds, run_dirs, locks)
 
 
-def run_seeds(args, desc: str, seeds: list[int], run_dirs: dict[int, Run]) -> int:
-    """Data, then every seed's fine-tuning, with the output folders already claimed."""
+def run_seeds(args, desc: str, seeds: list[int], run_dirs: dict[int, Run],
+              locks: contextlib.ExitStack) -> int:
+    """Data, then (each run's folder locked in ``locks``) every seed's fine-tuning."""
     if args.dataset == "synthetic":
         prepare_synthetic(args)
     rocstories.check_data_dir(args.data_dir)
@@ -809,6 +839,7 @@ def run_seeds(args, desc: str, seeds: list[int], run_dirs: dict[int, Run]) -> in
         run_dir = run_dirs[seed]
         fingerprint = run_fingerprint(args, cfg, data, seed)
         check_checkpoints(args, run_dir, fingerprint)
+        claim_outputs(run_dir, locks)
         runs[seed] = (run_dir, fingerprint)
     print(f"{desc}: {n_train} train / {len(data.splits['valid']['label'])} valid / "
           f"{len(data.splits['test']['tokens'])} test stories, n_ctx {cfg.n_ctx}, "

@@ -228,6 +228,9 @@ def load_hf(path, *, n_special: int | None = None, seed: int = 0,
             if tf.startswith("model/clf/"):
                 params[tf] = init_value(tf, shape, generator, dtype)
     params = {k: params[k] for k in param_shapes(cfg, params["model/clf/b:0"].shape[0])}
+    bad = next((k for k, v in params.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"{weights_path}: {bad} holds NaN or inf values")
     return params, cfg
 
 

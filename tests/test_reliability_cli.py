@@ -13,8 +13,13 @@ import torch
 
 from gpt1f import checkpoint
 from tests.conftest import ROOT
-from tests.test_train_rocstories import TINY, cli, dirs, read_log, run_in_process, vocab_args  # noqa: F401
-from tests.test_train_rocstories import without_time
+from tests.test_train_rocstories import TINY, cli, dirs, read_log, run_in_process, without_time
+
+
+@pytest.fixture
+def vocab_args(shared_gpt_dir):
+    return ["--encoder_path", str(shared_gpt_dir / "encoder_bpe_40000.json"),
+            "--bpe_path", str(shared_gpt_dir / "vocab_40000.bpe")]
 
 
 def synthetic(tmp_path, *extra):

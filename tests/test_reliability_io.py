@@ -544,3 +544,12 @@ def test_readers_tolerate_a_concurrent_writer(tmp_path):
     assert writer.returncode == 0, err
     assert errors == [], errors[:3]
     assert reads > 0 and int(out) > 2
+
+
+def test_non_finite_weights_in_a_safetensors_file_are_refused(tmp_path):
+    params = init_params(CFG, seed=0)
+    params["model/h1/ln_2/g:0"] = params["model/h1/ln_2/g:0"].clone()
+    params["model/h1/ln_2/g:0"][3] = float("inf")
+    folder = save_hf(params, tmp_path / "hf", cfg=CFG)
+    with pytest.raises(ValueError, match=r"model.safetensors.*model/h1/ln_2/g:0"):
+        load_hf(folder)
