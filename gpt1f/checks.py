@@ -129,15 +129,18 @@ def all_finite(params) -> torch.Tensor:
     return torch.isfinite(torch.stack(norms)).all()
 
 
-def check_head_batch(params, batch, *, cfg: Config, key, layout: str, n_labels: int | None,
+def check_head_batch(params, batch, *, cfg: Config, key, layout: str, n_labels,
                      what: str = "choices", with_lm: bool = True) -> None:
     """A head's batch: ``tokens`` in ``layout`` (its rank), ``label`` in ``0 .. n_labels-1``
-    (unchecked when None), ``mask`` shaped like tokens when the LM loss is computed."""
+    (``"choices"``: tokens' axis 1; unchecked when None), ``mask`` shaped like tokens when the
+    LM loss is computed."""
     if not isinstance(batch, dict) or "tokens" not in batch:
         raise TypeError("batch must be a dict with 'tokens' (and 'label', 'mask'), got "
                         f"{type(batch).__name__}")
     tokens = batch["tokens"]
     check_inputs(params, tokens, cfg=cfg, key=key, layout=layout, rank=layout.count(",") + 1)
+    if n_labels == "choices":
+        n_labels = tokens.shape[1]
     if n_labels is not None and "label" in batch:
         check_labels(batch["label"], n_labels, what=what, batch=tokens.shape[0])
     if with_lm:

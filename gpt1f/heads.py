@@ -59,7 +59,7 @@ def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False
     the choices of an example (TF ``noise_shape=[B, 1, E]``).
     """
     check_head_batch(params, batch, cfg=cfg, key=key, layout="[batch, choices, time]",
-                     n_labels=batch["tokens"].shape[1] if batch["tokens"].dim() == 3 else None, with_lm=with_lm)
+                     n_labels="choices", with_lm=with_lm)
     we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, C, E]
     pooled = dropout(pooled, cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train,
                      noise_shape=(pooled.shape[0], 1, pooled.shape[2]))
@@ -100,7 +100,8 @@ def similarity(params, batch, *, cfg: Config, key=None, train: bool = False, wit
     the label (STS-B); ``'bce'`` treats the score as a logit of a 0/1 label (QQP, MRPC).
     Returns ``scores`` [B], ``losses`` [B], ``lm_losses`` [B, 2].
     """
-    check_head_batch(params, batch, cfg=cfg, key=key, layout="[batch, 2, time]", n_labels=None, with_lm=with_lm)
+    check_head_batch(params, batch, cfg=cfg, key=key, layout="[batch, 2, time]", n_labels=None,
+                     with_lm=with_lm)
     we, hidden, pooled = _features(params, batch["tokens"], cfg=cfg, key=key, train=train)  # pooled [B, 2, E]
     summed = dropout(pooled.sum(-2), cfg.clf_pdrop, key=sub_key(key, CLF_TAG), train=train)
     scores = clf_head(params, summed)[..., 0]                             # [B]

@@ -21,11 +21,13 @@ smaller than their rounding step. Keep parameters in float32 (and autocast the f
 exactly as TF did.
 
 Non-finite gradients (a non-finite global norm: a NaN or inf anywhere, or squares that overflow)
-never reach the parameters; nor does an update whose new parameters would not all be finite (a
-huge lr: one fused max-abs reduction over the result), which ``update`` skips exactly as a
-non-finite gradient (params, moments and ``count`` unchanged, ``skipped + 1``); ``update_``, which
-has already written the moments by then, leaves the parameters and ``count`` unchanged. ``nonfinite='skip'`` (the default) leaves parameters, moments and
+never reach the parameters. ``nonfinite='skip'`` (the default) leaves parameters, moments and
 ``count`` unchanged and adds 1 to ``state.skipped``, all with tensor ops, so it compiles.
+An update whose new parameters would not all be finite (a finite gradient times a huge lr) is
+skipped the same way: ``update`` checks the result (one fused max-abs reduction) and keeps the old
+params, moments and ``count``; ``update_``, which has written the moments by then, checks
+``max|p| + max|step|`` before writing the parameters and leaves them and ``count`` unchanged
+(its moments have moved: the one way it then differs from ``update``).
 ``nonfinite='raise'`` does the same inside compiled code; called eagerly, ``update`` and ``update_``
 check on the host before touching anything and raise ``FloatingPointError`` naming the tensors.
 
@@ -50,6 +52,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import schedules
+from .checks import all_finite
 from .params import is_decayed
 
 Params = dict[str, torch.Tensor]
@@ -142,8 +145,8 @@ def _validate(cfg: AdamConfig) -> None:
     for name in ("lr", "warmup", "t_total", "e", "l2", "b1", "b2", "max_grad_norm"):
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}"
-                             + (" (max_grad_norm=0 turns clipping off)" if name == "max_grad_norm" else ""))
+            hint = " (max_grad_norm=0 turns clipping off)" if name == "max_grad_norm" else ""
+            raise ValueError(f"{name} must be a finite number, got {value!r}{hint}")
     if cfg.lr > FLOAT32_MAX:
         raise ValueError(f"lr={cfg.lr!r} overflows float32 (the state's lr is float32)")
     if not cfg.t_total > 0:
@@ -282,10 +285,10 @@ def _keep_if_finite(new_p: Params, new_state: AdamState, params: Params, state: 
     """``(new_p, new_state)`` when every new parameter is finite, else the old params and state
     with ``skipped + 1``: an update that overflows (huge lr, huge steps) is skipped like a
     non-finite gradient, in tensor ops (one fused max-abs reduction), so it compiles."""
-    from .checks import all_finite
-
     ok = all_finite(new_p)
-    keep = lambda new, old: {k: torch.where(ok, new[k], old[k]) for k in new}  # noqa: E731
+
+    def keep(new: Params, old: Params) -> Params:
+        return {k: torch.where(ok, new[k], old[k]) for k in new}
     skipped = torch.where(ok, new_state.skipped, state.skipped + 1)
     return keep(new_p, params), AdamState(torch.where(ok, new_state.count, state.count),
                                           keep(new_state.mu, state.mu), keep(new_state.nu, state.nu),

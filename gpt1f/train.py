@@ -96,7 +96,7 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
     ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
     scheduled learning rate of this update, before bias correction) and ``nonfinite`` (1 when the
-    gradients were not finite and the update was skipped, else 0).
+    update was skipped, its gradients or the parameters it would give not being finite, else 0).
     """
     check_lm_coef(lm_coef)
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
@@ -104,9 +104,10 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
-               "nonfinite": (~torch.isfinite(grad_norm)).to(torch.int64)}
+               "nonfinite": opt_state.skipped.clone()}
     update = opt.update_ if inplace else opt.update
     params, opt_state = update(grads, opt_state, params, grad_norm=grad_norm)
+    metrics["nonfinite"] = opt_state.skipped - metrics["nonfinite"]   # 0 or 1
     return params, opt_state, metrics
 
 
@@ -142,7 +143,8 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
         params, opt_state, metrics = compiled(params, opt_state, batch, key)
         if bool(metrics["nonfinite"]):
             raise FloatingPointError(
-                f"non-finite gradients (global norm {float(metrics['grad_norm'])}): update skipped")
+                f"update skipped: non-finite gradients (global norm {float(metrics['grad_norm'])}) "
+                "or parameters that would not be finite")
         return params, opt_state, metrics
 
     return checked_step

@@ -170,3 +170,14 @@ def test_an_update_that_would_make_params_non_finite_is_skipped(inplace):
     for k in first:
         assert torch.equal(params[k], first[k]), k
     assert int(state.skipped) == 1 and int(state.count) == 1
+
+
+def test_the_train_step_reports_an_update_skipped_for_non_finite_params():
+    """A huge (unused) position row decays past float32's range under lr 1e4; the step skips it."""
+    params = {k: v.clone() for k, v in PARAMS.items()}
+    params["model/we:0"][-1] = 3e38                 # position 15: a batch of 8 positions never reads it
+    opt = optim.openai_adam(1e4, schedule="warmup_constant", warmup=0.0, t_total=10)
+    step = make_train_step(CFG, opt, lm_coef=0.0)
+    new, state, metrics = step(params, opt.init(params), mc_batch(), gpt1f.random.key(0))
+    assert int(metrics["nonfinite"]) == 1 and int(state.skipped) == 1
+    assert all(torch.equal(new[k], params[k]) for k in params)
