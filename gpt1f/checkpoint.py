@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 
 import numpy as np
 import optree
@@ -135,20 +136,18 @@ def latest_step(directory) -> int | None:
 
 
 def _reading(directory, step: int | None, read):
-    """``read(step)`` for ``step`` (default: the latest), retried when the step it chose is
-    deleted meanwhile by a writer (a FileNotFoundError, or any error once it is gone)."""
+    """``read(step)`` for ``step`` (default: the latest), retried a few times (choosing the step
+    again) when it fails: a writer may be renaming or deleting step folders as orbax looks."""
     for attempt in range(READ_RETRIES):
         chosen = _existing_step(directory, step)
         try:
             return read(chosen)
         except CheckpointError:
             raise
-        except FileNotFoundError:   # a step folder (this or another) deleted while orbax looked
+        except Exception:  # noqa: BLE001 - orbax saw a folder (this or another) come or go
             if attempt == READ_RETRIES - 1:
                 raise
-        except Exception:  # noqa: BLE001 - re-raised unless the step went away
-            if chosen in steps(directory) or attempt == READ_RETRIES - 1:
-                raise
+            time.sleep(0.01 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
