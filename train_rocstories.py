@@ -9,22 +9,31 @@
 
 Flags keep the original's names and defaults (effective batch 32 = --n_batch 8 x --accum 4 on
 one device). Outputs: ``log_dir/desc.jsonl`` (first line the arguments, then one line per
-evaluation), checkpoints in ``save_dir/desc/{latest,best}`` (``--resume`` continues the latest),
-``submission_dir/ROCStories.tsv`` with ``--submit``. Bad input exits with code 2 and a message,
-before anything is written; a non-finite loss stops the run (code 1) naming the update.
+evaluation), checkpoints in ``save_dir/desc/{latest,best}`` (``--resume`` continues the latest,
+falling back past a damaged step), ``submission_dir/desc/ROCStories.tsv`` with ``--submit``
+(``--submission_name`` renames the file). Outputs of an earlier run are never replaced without
+``--overwrite`` or ``--resume``, and one run at a time holds ``save_dir/desc`` (a lock).
+
+Bad input (every flag, unwritable output folders) exits with code 2 and one line, before any
+work; a non-finite loss, a skipped update or non-finite parameters stop the run (code 1) naming
+the update and the last checkpoint, which never holds non-finite parameters; a failed checkpoint
+write exits 1 leaving the earlier ones intact; Ctrl-C exits 130 saying where to resume from.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import math
+import os
 import pathlib
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import NamedTuple
 
@@ -35,14 +44,16 @@ from tqdm.auto import tqdm
 
 import gpt1f
 from gpt1f import checkpoint, download, optim, rocstories, schedules
-from gpt1f.checkpoint import CheckpointError
+from gpt1f.checkpoint import CheckpointError, CheckpointWriteError
+from gpt1f.checks import all_finite
 from gpt1f.rocstories import DataError
 from gpt1f.train import make_train_step
 
 LOG_AT_UPDATES = (1000, 2000, 4000, 8000, 16000, 32000)  # extra first-epoch evaluations, as TF
 LOG_KEYS = ("n_epochs", "n_updates", "tr_cost", "va_cost", "tr_acc", "va_acc", "time")
 SUBMISSION_FILE = "ROCStories.tsv"
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 1
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+LOCK_FILE = ".lock"
 
 
 class BadInput(ValueError):
@@ -50,7 +61,11 @@ class BadInput(ValueError):
 
 
 class Diverged(RuntimeError):
-    """A non-finite training loss."""
+    """A non-finite training loss, a skipped update or non-finite parameters."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during training; the message says where to resume from."""
 
 
 # ---------------------------------------------------------------- flags
@@ -65,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_dir", type=str, default="save/")
     p.add_argument("--data_dir", type=str, default="data/")
     p.add_argument("--submission_dir", type=str, default="submission/")
-    p.add_argument("--submit", action="store_true", help="write submission_dir/ROCStories.tsv")
+    p.add_argument("--submit", action="store_true", help="write submission_dir/desc/ROCStories.tsv")
     p.add_argument("--analysis", action="store_true", help="print best valid and test accuracy")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--n_iter", type=int, default=3, help="epochs")
@@ -129,7 +144,48 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON file {name: git-blob SHA-1} overriding the release table")
     p.add_argument("--offline", action="store_true",
                    help="never download; fail if release files are missing")
+    p.add_argument("--submission_name", type=str, default=SUBMISSION_FILE,
+                   help="file name of the submission in submission_dir/desc/ (the official "
+                   "upload expects ROCStories.tsv)")
     return p.parse_args(argv)
+
+
+# (flag, lowest, highest, lowest excluded): every float flag must be finite and in its range
+FLOAT_RANGES = (("lr", 0.0, float(np.finfo(np.float32).max), False), ("b1", 0.0, 1.0, False),
+                ("b2", 0.0, 1.0, False), ("e", 0.0, math.inf, False), ("l2", 0.0, math.inf, False),
+                ("lr_warmup", 0.0, 1.0, False), ("lm_coef", 0.0, math.inf, False),
+                ("max_grad_norm", -math.inf, math.inf, False), ("embd_pdrop", 0.0, 1.0, False),
+                ("attn_pdrop", 0.0, 1.0, False), ("resid_pdrop", 0.0, 1.0, False),
+                ("clf_pdrop", 0.0, 1.0, False))
+HALF_OPEN = ("b1", "b2", "embd_pdrop", "attn_pdrop", "resid_pdrop", "clf_pdrop")   # [low, high)
+
+
+def check_float_flags(args) -> None:
+    """Every float flag finite and within its range, named in the error."""
+    for name, low, high, _ in FLOAT_RANGES:
+        value = getattr(args, name)
+        if not math.isfinite(value):
+            raise BadInput(f"--{name}={value} must be a finite number"
+                           + (" (0 turns clipping off)" if name == "max_grad_norm" else ""))
+        upper_ok = value < high if name in HALF_OPEN else value <= high
+        if not (low <= value and upper_ok):
+            closing = ")" if name in HALF_OPEN else "]"
+            raise BadInput(f"--{name}={value} must lie in [{low:g}, {high:g}{closing}")
+
+
+def check_device(args) -> None:
+    if args.device is None:
+        return
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {args.device!r} is not a device; use cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {args.device}: only cpu and cuda[:N] can train here")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise BadInput(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA devices")
 
 
 def check_args(args) -> None:
@@ -150,13 +206,21 @@ def check_args(args) -> None:
         raise BadInput(f"--n_transfer={args.n_transfer} must lie in [-1, --n_layer={args.n_layer}]")
     if args.resume and args.overwrite:
         raise BadInput("--resume and --overwrite contradict each other")
+    if args.threads is not None and args.threads < 1:
+        raise BadInput(f"--threads={args.threads} must be at least 1")
+    if args.n_embd % args.n_head:
+        raise BadInput(f"--n_head={args.n_head} does not divide --n_embd={args.n_embd}")
+    name = args.submission_name
+    if not name or pathlib.PurePath(name).name != name or name in (".", ".."):
+        raise BadInput(f"--submission_name={name!r} must be a plain file name")
+    check_float_flags(args)
+    check_device(args)
+    release_checksums(args)
     try:
         model_config(args, n_vocab=1, n_ctx=8)
-        device = torch.device(device_name(args))
-    except (ValueError, RuntimeError) as e:
-        raise BadInput(str(e)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"--device {args.device}: CUDA is not available here")
+        make_optimizer(args, t_total=1)
+    except ValueError as e:
+        raise BadInput(str(e).replace("Config.", "--")) from None
 
 
 def device_name(args) -> str:
@@ -187,6 +251,10 @@ def release_checksums(args) -> dict[str, str] | None:
         table = json.loads(pathlib.Path(args.weights_checksums).read_text())
     except (OSError, ValueError) as e:
         raise BadInput(f"--weights_checksums {args.weights_checksums}: {e}") from None
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in table.items()):
+        raise BadInput(f"--weights_checksums {args.weights_checksums}: expected a JSON object "
+                       '{"file name": "git-blob SHA-1", ...}')
     return {**download.RELEASE_SHA1, **table}
 
 
@@ -325,7 +393,84 @@ def run_paths(args, desc: str, submission_dir: pathlib.Path) -> Run:
     save = pathlib.Path(args.save_dir) / desc
     log_dir = pathlib.Path(args.log_dir)
     return Run(desc, log_dir / f"{desc}.jsonl", save / checkpoint.LATEST, save / checkpoint.BEST,
-               submission_dir / SUBMISSION_FILE, log_dir / f"{desc}.png")
+               submission_dir / args.submission_name, log_dir / f"{desc}.png")
+
+
+def check_writable(flag: str, folder: pathlib.Path) -> None:
+    """Refuse now, writing nothing, an output folder that could not be written after training:
+    a file in the way, or an existing ancestor where a probe file cannot be created (read-only,
+    full); the probe is deleted at once."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInput(f"{flag}: cannot write in {folder} ({ancestor} is not a folder)")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise BadInput(f"{flag}: cannot write in {folder} ({e.strerror or e})") from None
+
+
+def check_outputs(args, run: Run) -> None:
+    """Before any work, writing nothing: output folders writable, and no earlier run's log or
+    submission about to be replaced."""
+    check_writable("--log_dir", run.log.parent)
+    check_writable("--save_dir", run.latest.parent)
+    if args.submit:
+        check_writable("--submission_dir", run.submission.parent)
+    if args.resume or args.overwrite or checkpoint.steps(run.latest) or checkpoint.steps(run.best):
+        return                               # (earlier checkpoints: check_checkpoints refuses)
+    for path, what in ((run.log, "the log"), (run.submission if args.submit else None, "the submission")):
+        if path is not None and path.exists():
+            raise BadInput(f"{path} holds {what} of an earlier run: pass --resume to continue it, "
+                           "--overwrite to replace it, or another --desc")
+
+
+def claim_outputs(run: Run, stack: contextlib.ExitStack) -> None:
+    """Lock ``save_dir/desc`` for this run (held until ``stack`` closes)."""
+    stack.enter_context(run_lock(run.latest.parent))
+
+
+@contextlib.contextmanager
+def run_lock(folder: pathlib.Path):
+    """An exclusive ``flock`` on ``folder/.lock`` for the run's lifetime; a second run on the
+    same folder is refused. The lock goes with the process however it ends; on a normal exit the
+    lock file (and ``folder``, if this created it and it stayed empty) is removed while held."""
+    import fcntl
+
+    created = [folder, *folder.parents]
+    created = created[:next(i for i, d in enumerate(created) if d.exists())]   # made here
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--save_dir: cannot create {folder} ({e.strerror or e})") from None
+    path = folder / LOCK_FILE
+    for _ in range(10):
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise BadInput(f"another run (pid {holder}) is using {folder}; wait for it to end or "
+                           "choose another --desc or --save_dir") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            break                   # (else its holder removed it as we opened it: open again)
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            for made in created:    # only while empty: a failed start leaves nothing behind
+                made.rmdir()
+        f.close()
 
 
 def write_log(path: pathlib.Path, header: dict, history: list[dict]) -> None:
@@ -345,11 +490,36 @@ def check_checkpoints(args, run: Run, fingerprint: dict) -> None:
         if checkpoint.latest_step(run.latest) is None:
             raise BadInput(f"--resume: no checkpoint in {run.latest} (nothing to resume; "
                            "run without --resume to start)")
-        checkpoint.check_fingerprint(checkpoint.read_meta(run.latest)["fingerprint"], fingerprint,
+        checkpoint.check_fingerprint(newest_meta(run.latest)["fingerprint"], fingerprint,
                                      run.latest)
     elif not args.overwrite and (checkpoint.steps(run.latest) or checkpoint.steps(run.best)):
         raise BadInput(f"{run.latest.parent} holds checkpoints of an earlier run: pass --resume "
                        "to continue it, --overwrite to start over, or another --desc")
+
+
+def newest_meta(folder: pathlib.Path) -> dict:
+    """The meta of the newest step whose meta reads (a damaged one is reported at restore)."""
+    for step in reversed(checkpoint.steps(folder)):
+        try:
+            return checkpoint.read_meta(folder, step)
+        except Exception:
+            continue
+    raise CheckpointError(f"--resume: no checkpoint in {folder} can be read")
+
+
+def resume_state(run: Run, template) -> tuple:
+    """``(state, meta)`` of the newest intact step of ``run.latest``; damaged newer steps are
+    reported and removed, so that the resumed run can write them again."""
+    state, meta, step, damaged = checkpoint.restore_intact(run.latest, template)
+    for message in damaged:
+        tqdm.write(f"warning: checkpoint {message}; it is damaged and removed, resuming from "
+                   f"step {step} instead", file=sys.stderr)
+    for newer in [s for s in checkpoint.steps(run.latest) if s > step]:
+        shutil.rmtree(run.latest / str(newer), ignore_errors=True)
+    for leftover in run.latest.glob("*"):     # a damaged step orbax no longer lists
+        if leftover.name.isdigit() and int(leftover.name) > step:
+            shutil.rmtree(leftover, ignore_errors=True)
+    return state, meta
 
 
 # ---------------------------------------------------------------- one seed
@@ -407,7 +577,7 @@ def fine_tune(args, data: Data, cfg: gpt1f.Config, seed: int, run: Run, header: 
     if args.resume:
         template = {"params": gpt1f.init_params(cfg, seed=0)}
         template["opt_state"] = opt.init(template["params"])
-        state, meta = checkpoint.restore(run.latest, to_device(template, device))
+        state, meta = resume_state(run, to_device(template, device))
         params, opt_state = state["params"], state["opt_state"]
         progress, header = Progress(**meta["progress"]), meta["header"]
         tqdm.write(f"resumed {run.desc} at update {progress.n_updates} "
@@ -419,13 +589,21 @@ def fine_tune(args, data: Data, cfg: gpt1f.Config, seed: int, run: Run, header: 
             shutil.rmtree(folder, ignore_errors=True)   # reached only with --overwrite
     write_log(run.log, header, progress.history)
 
+    def ensure_finite() -> None:
+        if not bool(all_finite(params)):
+            raise Diverged(f"the parameters after update {progress.n_updates} (epoch "
+                           f"{progress.epoch + 1}) are not finite; stopped before evaluating or "
+                           f"saving them. {last_checkpoint(run)}")
+
     def save_latest() -> None:
+        ensure_finite()
         meta = {"progress": dataclasses.asdict(progress), "seed": seed, "header": header,
                 "fingerprint": fingerprint}
         checkpoint.save(run.latest, progress.n_updates,
                         {"params": params, "opt_state": opt_state}, meta)
 
     def log(n_epochs: int) -> None:
+        ensure_finite()
         entry = evaluate(scorer, params, splits, batch, cast, progress, n_epochs)
         progress.history.append(entry)
         append_log(run.log, entry)
@@ -434,11 +612,48 @@ def fine_tune(args, data: Data, cfg: gpt1f.Config, seed: int, run: Run, header: 
             progress.best_va_acc = entry["va_acc"]
             checkpoint.save(run.best, progress.n_updates, {"params": params},
                             {k: entry[k] for k in ("n_epochs", "n_updates", "va_acc")},
-                            max_to_keep=1)
+                            max_to_keep=1, replace=True)   # a resumed run may redo this step
 
     # -- the loop: epochs of n_batches updates, resumable at any (epoch, position)
     step_seconds, trained = 0.0, 0
-    while progress.epoch < args.n_iter:
+    try:
+        while progress.epoch < args.n_iter:
+            order = rocstories.epoch_order(seed, progress.epoch, n_train)
+            order = torch.as_tensor(order, device=device)
+            bar = tqdm(range(progress.position, n_batches), initial=progress.position, total=n_batches,
+                       desc=f"epoch {progress.epoch + 1}/{args.n_iter}", unit="update", leave=False)
+            for b in bar:
+                index = order[b * batch:(b + 1) * batch]
+                step_key = gpt1f.random.fold_in(key, progress.n_updates)
+                tick = time.perf_counter()
+                with cast:
+                    params, opt_state, metrics = step(params, opt_state,
+                                                      {k: v[index] for k, v in train.items()}, step_key)
+                loss, lr, skipped = torch.stack(   # the step's one host sync
+                    [metrics[k].double() for k in ("loss", "lr", "nonfinite")]).tolist()
+                seconds = time.perf_counter() - tick
+                step_seconds, trained = step_seconds + seconds, trained + batch
+                progress.n_updates, progress.position = progress.n_updates + 1, b + 1
+                if not math.isfinite(loss):
+                    raise Diverged(f"the training loss is {loss} at update {progress.n_updates} (epoch "
+                                   f"{progress.epoch + 1}); stopped. {last_checkpoint(run)}")
+                if skipped:
+                    raise Diverged(f"update {progress.n_updates} (epoch {progress.epoch + 1}) was "
+                                   "skipped: its gradients, or the parameters it would give, are "
+                                   f"not finite (lr {lr:.3g}); stopped. {last_checkpoint(run)}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", ex_s=f"{batch / seconds:.0f}")
+                if progress.n_updates in LOG_AT_UPDATES and progress.epoch == 0:
+                    log(n_epochs=0)
+                if args.save_every and progress.n_updates % args.save_every == 0 and b + 1 < n_batches:
+                    save_latest()
+            bar.close()
+            progress.epoch, progress.position = progress.epoch + 1, 0
+            log(n_epochs=progress.epoch)
+            save_latest()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at update {progress.n_updates}. {resume_hint(run)}") from None
+
+    # -- the best params: test predictions, submission
         order = rocstories.epoch_order(seed, progress.epoch, n_train)
         order = torch.as_tensor(order, device=device)
         bar = tqdm(range(progress.position, n_batches), initial=progress.position, total=n_batches,
@@ -468,6 +683,7 @@ def fine_tune(args, data: Data, cfg: gpt1f.Config, seed: int, run: Run, header: 
         save_latest()
 
     # -- the best params: test predictions, submission
+    ensure_finite()
     best, _ = checkpoint.restore(run.best, {"params": params})
     predictions = predict(scorer, best["params"], splits["test"]["tokens"], batch,
                           "predict test", cast).argmax(1)
@@ -485,7 +701,15 @@ def last_checkpoint(run: Run) -> str:
     step = checkpoint.latest_step(run.latest)
     if step is None:
         return "No checkpoint was written before it."
-    return f"The last good checkpoint, {run.latest / str(step)}, is intact."
+    return (f"The last checkpoint, {run.latest / str(step)}, is intact (checkpoints never hold "
+            "non-finite parameters).")
+
+
+def resume_hint(run: Run) -> str:
+    step = checkpoint.latest_step(run.latest)
+    if step is None:
+        return "No checkpoint was written yet: run again without --resume to start over."
+    return f"The last checkpoint is {run.latest / str(step)}: run again with --resume to continue."
 
 
 def write_submission(path: pathlib.Path, predictions: np.ndarray) -> None:
@@ -557,6 +781,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     threads = torch.get_num_threads()
     try:
+        check_args(args)
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.limit_heap and not gpt1f.memory.limit_heap_retention():
@@ -565,9 +790,15 @@ def main(argv=None) -> int:
     except (BadInput, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Diverged as e:
+    except (Diverged, CheckpointWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Interrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         torch.set_num_threads(threads)
 
@@ -575,6 +806,19 @@ def main(argv=None) -> int:
 def run(args) -> int:
     check_args(args)
     desc = args.desc or args.dataset
+    seeds = [args.seed + i for i in range(args.seeds)]
+    names = {seed: desc if args.seeds == 1 else f"{desc}_seed{seed}" for seed in seeds}
+    run_dirs = {seed: run_paths(args, name, pathlib.Path(args.submission_dir) / name)
+                for seed, name in names.items()}
+    for run_dir in run_dirs.values():
+        check_outputs(args, run_dir)
+    with contextlib.ExitStack() as locks:
+        return run_seeds(args, desc, seeds, run_dirs, locks)
+
+
+def run_seeds(args, desc: str, seeds: list[int], run_dirs: dict[int, Run],
+              locks: contextlib.ExitStack) -> int:
+    """Data, then (each run's folder locked in ``locks``) every seed's fine-tuning."""
     if args.dataset == "synthetic":
         prepare_synthetic(args)
     rocstories.check_data_dir(args.data_dir)
@@ -589,14 +833,12 @@ def run(args) -> int:
                        f"{n_batch_train(args)}")
     cfg = model_config(args, n_vocab=data.n_vocab, n_ctx=data.n_ctx)
     header = {k: v for k, v in vars(args).items()}
-    seeds = [args.seed + i for i in range(args.seeds)]
     runs = {}
     for seed in seeds:
-        name = desc if args.seeds == 1 else f"{desc}_seed{seed}"
-        submission_dir = pathlib.Path(args.submission_dir)
-        run_dir = run_paths(args, name, submission_dir if args.seeds == 1 else submission_dir / name)
+        run_dir = run_dirs[seed]
         fingerprint = run_fingerprint(args, cfg, data, seed)
         check_checkpoints(args, run_dir, fingerprint)
+        claim_outputs(run_dir, locks)
         runs[seed] = (run_dir, fingerprint)
     print(f"{desc}: {n_train} train / {len(data.splits['valid']['label'])} valid / "
           f"{len(data.splits['test']['tokens'])} test stories, n_ctx {cfg.n_ctx}, "

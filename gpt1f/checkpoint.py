@@ -12,11 +12,19 @@ because gpt1f derives all randomness by pure functions: the dropout key of updat
 settings a resumed run must share (model config, data, optimizer, seed); ``check_fingerprint``
 names any that differ. orbax (and with it jax) is imported inside the functions, so
 ``import gpt1f`` stays light.
+
+Faults: saving a step that exists is an error (``replace=True`` rewrites it); a failed write (a
+full disk) raises CheckpointWriteError and leaves the steps already there intact. Readers run
+beside a writer: ``steps`` lists only finished folders (orbax's metadata file present) and
+tolerates folders vanishing while it looks; ``restore_intact`` skips damaged steps (truncated
+state, missing ``state/``, garbled metadata), newest first, and says which.
 """
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import time
 
 import numpy as np
 import optree
@@ -28,6 +36,18 @@ LATEST, BEST = "latest", "best"
 
 class CheckpointError(ValueError):
     """No usable checkpoint, or one written by a run with other settings."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint whose keys or shapes do not fit the template (other settings, not damage)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, read-only folder); older steps are intact."""
+
+
+METADATA_FILE = "_CHECKPOINT_METADATA"   # orbax writes it into every finished step folder
+READ_RETRIES = 5
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int | None = None, writer: bool = False):
@@ -66,30 +86,48 @@ def _like(array: np.ndarray, template):
     return np.asarray(array)
 
 
-def save(directory, step: int, state, meta: dict, *, max_to_keep: int | None = KEEP_LATEST) -> None:
-    """Write ``state`` (a pytree of tensors / numbers) and ``meta`` (JSON-able) as ``step``,
-    unless ``step`` is already saved there: then nothing is written and the saved one stays.
+def save(directory, step: int, state, meta: dict, *, max_to_keep: int | None = KEEP_LATEST,
+         replace: bool = False) -> None:
+    """Write ``state`` (a pytree of tensors / numbers) and ``meta`` (JSON-able) as ``step``.
 
-    Steps beyond the newest ``max_to_keep`` are deleted once the new one is complete.
+    Steps beyond the newest ``max_to_keep`` are deleted once the new one is complete. A step that
+    exists raises CheckpointError, unless ``replace`` (then it is deleted first). A failed write
+    raises CheckpointWriteError; the steps already there stay as they were.
     """
     import orbax.checkpoint as ocp
 
+    directory = pathlib.Path(directory)
     arrays = {k: _to_numpy(v) for k, v in _flat(state).items()}
-    with _manager(pathlib.Path(directory), max_to_keep, writer=True) as manager:
+    with _manager(directory, max_to_keep, writer=True) as manager:
         if step in manager.all_steps():
-            return
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
-                                                   meta=ocp.args.JsonSave(meta)), force=True)
-        manager.wait_until_finished()
+            if not replace:
+                raise CheckpointError(f"step {step} already exists in {directory}; nothing written "
+                                      "(pass replace=True to rewrite it)")
+            manager.delete(step)
+        try:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            manager.wait_until_finished()
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointWriteError(
+                getattr(e, "errno", None) or 0,
+                f"cannot write checkpoint step {step} in {directory}: {first[:300]}; the steps "
+                f"already there ({steps(directory) or 'none'}) are intact") from e
 
 
 def steps(directory) -> list[int]:
-    """The complete steps in ``directory``, oldest first (empty when there is none)."""
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
+    """The finished steps in ``directory``, oldest first (empty when there is none).
+
+    Read from the folder names alone, so a step another process is writing (a temporary name) or
+    deleting (its metadata file gone) is not listed, and nothing raises when one vanishes.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    with _manager(directory) as manager:
-        return sorted(manager.all_steps())
+    return sorted(int(e.name) for e in entries
+                  if e.name.isdigit() and os.path.isfile(os.path.join(e.path, METADATA_FILE)))
 
 
 def latest_step(directory) -> int | None:
@@ -97,13 +135,30 @@ def latest_step(directory) -> int | None:
     return found[-1] if found else None
 
 
+def _reading(directory, step: int | None, read):
+    """``read(step)`` for ``step`` (default: the latest), retried a few times (choosing the step
+    again) when it fails: a writer may be renaming or deleting step folders as orbax looks."""
+    for attempt in range(READ_RETRIES):
+        chosen = _existing_step(directory, step)
+        try:
+            return read(chosen)
+        except CheckpointError:
+            raise
+        except Exception:
+            if attempt == READ_RETRIES - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def read_meta(directory, step: int | None = None) -> dict:
     """The ``meta`` of ``step`` (default: the latest); CheckpointError when there is none."""
     import orbax.checkpoint as ocp
 
-    step = _existing_step(directory, step)
-    with _manager(pathlib.Path(directory)) as manager:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def read(step):
+        with _manager(pathlib.Path(directory)) as manager:
+            return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return _reading(directory, step, read)
 
 
 def restore(directory, template, step: int | None = None):
@@ -111,12 +166,15 @@ def restore(directory, template, step: int | None = None):
 
     Every leaf of ``template`` must be in the checkpoint with the same shape (the checkpoint may
     hold more, e.g. params alone can be taken from a full training state); the restored tensors
-    take the template's dtype and device. Raises CheckpointError naming what does not match.
+    take the template's dtype and device. Raises CheckpointMismatch naming what does not match.
     """
+    directory = pathlib.Path(directory)
+    return _reading(directory, step, lambda step: _restore_step(directory, template, step))
+
+
+def _restore_step(directory: pathlib.Path, template, step: int):
     import orbax.checkpoint as ocp
 
-    directory = pathlib.Path(directory)
-    step = _existing_step(directory, step)
     wanted = _flat(template)
     with _manager(directory) as manager:
         saved = manager.item_metadata(step)["state"]
@@ -126,13 +184,32 @@ def restore(directory, template, step: int | None = None):
                      for k, v in wanted.items() if k in stored and stored[k] != tuple(np.shape(v))]
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            raise CheckpointError(f"checkpoint {directory / str(step)} does not fit this run: "
-                                  + "; ".join(problems[:5]) + more)
+            raise CheckpointMismatch(f"checkpoint {directory / str(step)} does not fit this run: "
+                                     + "; ".join(problems[:5]) + more)
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     leaves = [_like(restored["state"][k], v) for k, v in wanted.items()]
     treespec = optree.tree_structure(template, none_is_leaf=False)
     return optree.tree_unflatten(treespec, leaves), restored["meta"]
+
+
+def restore_intact(directory, template):
+    """``(state, meta, step, damaged)`` of the newest step that restores; ``damaged`` lists each
+    newer step skipped, with its error. Raises CheckpointError when none restores, and
+    CheckpointMismatch (no fallback) when a step is readable but written for other settings."""
+    directory = pathlib.Path(directory)
+    damaged = []
+    for step in reversed(steps(directory)):
+        try:
+            state, meta = _restore_step(directory, template, step)
+            return state, meta, step, damaged
+        except CheckpointMismatch:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            damaged.append(f"{directory / str(step)}: {type(e).__name__}: {first}")
+    raise CheckpointError(f"no intact checkpoint in {directory}"
+                          + (": " + "; ".join(damaged) if damaged else ""))
 
 
 def _existing_step(directory, step: int | None) -> int:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_mask
+
 DEFAULT_CHUNK_ROWS = 512   # [512, 40558] fp32 logits: 83 MB per chunk
 
 
@@ -34,6 +36,7 @@ def lm_loss_mean(we: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, m
     back in ``hidden``'s dtype. A sequence whose ``mask[..., 1:]`` sums to 0 makes the loss NaN, as
     in TF and ``lm_losses``.
     """
+    check_mask(mask, tokens)
     if tokens.shape[-1] < 2:
         raise ValueError(f"the LM loss needs at least 2 positions, got tokens of shape {tuple(tokens.shape)}")
     if hidden.shape[:-1] != tokens.shape or mask.shape != tokens.shape:

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .checks import check_head_batch, check_inputs
 from .config import Config
 from .dropout_keys import model_key
 from .model import embedding_matrix, lm_losses, transformer_from_embedding
@@ -99,9 +100,31 @@ HEADS: dict[str, Callable] = {"multiple_choice": multiple_choice_task, "classify
                               "similarity": similarity_task}
 
 
+# task -> (tokens layout, labels: "choices" (tokens' axis 1), "classes" (clf/b's size) or None,
+#          what the labels name)
+BATCH_LAYOUTS = {
+    multiple_choice_task: ("[batch, choices, time]", "choices", "choices"),
+    classify_task: ("[batch, time]", "classes", "classes"),
+    similarity_task: ("[batch, 2, time]", None, "choices"),
+}
+
+
+def check_task_batch(task: Callable, params, batch, *, cfg: Config, key, with_lm: bool) -> None:
+    """The checks of :func:`gpt1f.checks.check_head_batch` for a built-in task's layout (token
+    ids, ranks, labels, the mask when the LM loss is computed); a user's own task is unchecked."""
+    if task not in BATCH_LAYOUTS:
+        return
+    layout, n_labels, what = BATCH_LAYOUTS[task]
+    if n_labels == "classes":
+        n_labels = params["model/clf/b:0"].shape[0]
+    check_head_batch(params, batch, cfg=cfg, key=key, layout=layout, n_labels=n_labels, what=what,
+                     with_lm=with_lm)
+
+
 def head_output(task: Callable, params, batch, *, cfg: Config, key=None, train: bool = False,
                 **task_kwargs) -> HeadOutput:
     """Trunk, ``task`` and the per-sequence LM losses (``gpt1f.model.lm_losses``) of one batch."""
+    check_task_batch(task, params, batch, cfg=cfg, key=key, with_lm=True)
     we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train)
     logits, task_losses = task(params, batch, hidden, cfg=cfg, key=key, train=train, **task_kwargs)
     return HeadOutput(logits, task_losses, lm_losses(we, hidden, batch["tokens"], batch["mask"]))
@@ -129,6 +152,7 @@ def similarity(params, batch, *, cfg: Config, key=None, train: bool = False,
 
 def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
     """Eval-time scores without the LM head.  [B, C, T] -> [B, C]"""
+    check_inputs(params, tokens, cfg=cfg, layout="[batch, choices, time]", rank=3)
     _, hidden = trunk(params, tokens, cfg=cfg)
     return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token))[..., 0]
 

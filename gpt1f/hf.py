@@ -17,7 +17,9 @@ Mapping decisions:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
 
 import torch
@@ -26,6 +28,10 @@ from .config import ACTIVATIONS, Config
 from .params import init_value, param_shapes
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"   # transformers' sharded checkpoints
+CONFIG_SHA1_KEY = "gpt1f_config_sha1"         # safetensors metadata: the config.json it was saved with
+INT_KEYS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_special")
+FLOAT_KEYS = ("embd_pdrop", "attn_pdrop", "resid_pdrop", "summary_first_dropout", "layer_norm_epsilon")
 PREFIX, LM_HEAD = "transformer.", "lm_head.weight"
 TOKENS, POSITIONS = "tokens_embed.weight", "positions_embed.weight"
 LAYER_NORM_EPSILON = 1e-5
@@ -85,6 +91,16 @@ def hf_config(cfg: Config) -> dict:
 
 def config_from_hf(hf: dict, where) -> Config:
     """The ``Config`` a transformers ``config.json`` describes; errors name the file and key."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: expected a JSON object, got a {type(hf).__name__}")
+    for key in INT_KEYS:
+        if key in hf and (type(hf[key]) is not int or hf[key] < 0):
+            raise ValueError(f"{where}: {key} must be a non-negative integer, got {hf[key]!r}")
+    for key in FLOAT_KEYS:
+        if key in hf and (type(hf[key]) not in (int, float)):
+            raise ValueError(f"{where}: {key} must be a number, got {hf[key]!r}")
+    if "afn" in hf and not isinstance(hf["afn"], str):
+        raise ValueError(f"{where}: afn must be a string, got {hf['afn']!r}")
     if hf.get("model_type") != "openai-gpt":
         raise ValueError(f"{where}: model_type is {hf.get('model_type')!r}, expected 'openai-gpt'")
     missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if k not in hf]
@@ -97,6 +113,13 @@ def config_from_hf(hf: dict, where) -> Config:
     if afn not in ACTIVATIONS:
         raise ValueError(f"{where}: afn={afn!r} is not one of {ACTIVATIONS}")
     n_special = hf.get("n_special", 0)
+    try:
+        return _config(hf, afn, n_special)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _config(hf: dict, afn: str, n_special: int) -> Config:
     return Config(
         n_vocab=hf["vocab_size"] - n_special, n_special=n_special, n_ctx=hf["n_positions"],
         n_embd=hf["n_embd"], n_head=hf["n_head"], n_layer=hf["n_layer"], afn=afn,
@@ -122,9 +145,24 @@ def save_hf(params: dict[str, torch.Tensor], path, *, cfg: Config, head: bool = 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
+    config_text = json.dumps(hf_config(cfg), indent=2) + "\n"
+    weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
+    tmp_weights, tmp_config = (p.with_name(f"{p.name}.{os.getpid()}.tmp") for p in (weights, config))
+    try:
+        save_file(tensors, str(tmp_weights), metadata={"format": "pt",
+                                                       CONFIG_SHA1_KEY: _sha1(config_text.encode())})
+        tmp_config.write_text(config_text)
+    except BaseException:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_weights, weights)   # killed here: new weights, old config, refused by load_hf
+    os.replace(tmp_config, config)
     return directory
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
 
 
 def check_tf_params(params: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
@@ -146,22 +184,30 @@ def load_hf(path, *, n_special: int | None = None, seed: int = 0,
     ``n_special=None`` keeps the file's special tokens (``config.json``'s ``n_special``, else 0).
     A file without special tokens (e.g. the released ``openai-gpt``) can be given ``n_special``
     new rows, drawn N(0, 0.02) from ``seed``; a missing ``clf`` head is drawn next, with one class.
-    Every key and shape is checked before any parameter is built.
+    Every key and shape is checked before any parameter is built. Sharded checkpoints
+    (``model.safetensors.index.json`` and its shards) load too. A ``model.safetensors`` written by
+    ``save_hf`` records its ``config.json``; another config beside it (an interrupted save) is refused.
     """
-    from safetensors import safe_open
-
     directory = pathlib.Path(path)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"missing {needed} (a transformers save_pretrained folder "
-                                    f"with safetensors weights is expected)")
-    try:
-        cfg = config_from_hf(json.loads(config_path.read_text()), config_path)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
-    with safe_open(str(weights_path), framework="pt") as f:
-        raw = {key: f.get_tensor(key) for key in f.keys()}
+    if not config_path.is_file():
+        raise FileNotFoundError(f"missing {config_path} (a transformers save_pretrained folder "
+                                f"with safetensors weights is expected)")
+    config_bytes = config_path.read_bytes()
+    cfg = config_from_hf(parse_config(config_bytes, config_path), config_path)
+    if weights_path.is_file():
+        raw, metadata = read_safetensors(weights_path)
+        saved_with = (metadata or {}).get(CONFIG_SHA1_KEY)
+        if saved_with is not None and saved_with != _sha1(config_bytes):
+            raise ValueError(f"{config_path} is not the config {weights_path} was saved with (an "
+                             "interrupted save_hf?); save the model again")
+    elif (directory / INDEX_NAME).is_file():
+        raw = read_sharded(directory / INDEX_NAME)
+        weights_path = directory / INDEX_NAME
+    else:
+        raise FileNotFoundError(f"missing {weights_path} (or a sharded {INDEX_NAME}) in "
+                                f"{directory}: a transformers save_pretrained folder with "
+                                "safetensors weights is expected")
     tensors = hf_tensors(raw, cfg, weights_path)
     has_head = check_hf_tensors(tensors, cfg, weights_path)
 
@@ -182,7 +228,62 @@ def load_hf(path, *, n_special: int | None = None, seed: int = 0,
             if tf.startswith("model/clf/"):
                 params[tf] = init_value(tf, shape, generator, dtype)
     params = {k: params[k] for k in param_shapes(cfg, params["model/clf/b:0"].shape[0])}
+    bad = next((k for k, v in params.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"{weights_path}: {bad} holds NaN or inf values")
     return params, cfg
+
+
+def parse_config(data: bytes, path: pathlib.Path) -> dict:
+    """``config.json``'s object; errors name the file."""
+    try:
+        hf = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, got a {type(hf).__name__}")
+    return hf
+
+
+def read_safetensors(path: pathlib.Path, keys=None) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Every tensor (or only ``keys``) of one safetensors file and its metadata; errors name it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            present = set(f.keys())
+            missing = sorted(set(keys) - present) if keys is not None else []
+            if missing:
+                raise KeyError(f"{path} lacks {missing[:5]} that the index places there")
+            return {k: f.get_tensor(k) for k in (present if keys is None else keys)}, f.metadata()
+    except KeyError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_sharded(index_path: pathlib.Path) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded checkpoint: ``model.safetensors.index.json``'s ``weight_map``
+    (tensor name -> shard file in the same folder)."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError("weight_map must map tensor names to file names")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{index_path}: not a safetensors index ({e!r})") from None
+    by_file: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        by_file.setdefault(name, []).append(key)
+    raw = {}
+    for name, keys in by_file.items():
+        shard = index_path.parent / name
+        if pathlib.PurePath(name).name != name or not shard.is_file():
+            raise FileNotFoundError(f"{index_path} names the shard {name!r}, which is not a file "
+                                    f"in {index_path.parent}")
+        raw.update(read_safetensors(shard, keys)[0])
+    return raw
 
 
 def hf_tensors(raw: dict[str, torch.Tensor], cfg: Config, where) -> dict[str, torch.Tensor]:

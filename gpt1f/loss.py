@@ -19,7 +19,8 @@ import torch
 
 from .config import Config
 from .fused_lm_loss import lm_loss_mean
-from .heads import HEADS, trunk
+from .checks import check_lm_coef
+from .heads import HEADS, check_task_batch, trunk
 from .model import lm_losses
 
 
@@ -49,6 +50,8 @@ def loss_and_parts(params, batch, *, cfg: Config, head: str | Callable = "multip
                    **head_kwargs) -> tuple[torch.Tensor, LossParts]:
     """``(loss, LossParts(task, lm))``, all scalars; ``head_kwargs`` go to the task function
     (e.g. ``objective='bce'`` for ``head='similarity'``)."""
+    check_lm_coef(lm_coef)
+    check_task_batch(task_function(head), params, batch, cfg=cfg, key=key, with_lm=lm_coef != 0)
     we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train)
     _, task_losses = task_function(head)(params, batch, hidden, cfg=cfg, key=key, train=train,
                                          **head_kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import check_inputs, check_mask
 from .config import Config
 from .dropout_keys import block_key, model_key
 from .layers import block
@@ -54,6 +55,7 @@ def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,
     Under ``torch.func.vmap``, give each example its own key by vmapping over a ``[batch]`` tensor
     of keys (``gpt1f.random.split(key, batch)``), or pass one unbatched key to share masks.
     """
+    check_inputs(params, tokens, cfg=cfg, key=key)
     we = embedding_matrix(params, cfg=cfg, key=key, train=train)
     return transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
 
@@ -74,6 +76,7 @@ def lm_losses(we: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor,
 
     [n_rows, E], [..., T, E], [..., T], [..., T] -> [...]
     """
+    check_mask(mask, tokens)
     logits = hidden[..., :-1, :] @ we.T                                  # [..., T-1, n_rows]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32 softmax
     nll = F.cross_entropy(logits.flatten(0, -2), tokens[..., 1:].flatten(),

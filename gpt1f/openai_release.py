@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from .config import Config
-from .download import SHAPES_NAME, SHARD_NAMES, WEIGHT_NAMES, fetch, weights_dir
+from .download import (MANIFEST_NAME, SHAPES_NAME, SHARD_NAMES, WEIGHT_NAMES, _record_verified,
+                       checksum_table, fetch, git_blob_sha1, read_manifest, verify_files,
+                       weights_dir, write_manifest)
 from .params import LAYER_VARIABLES, init_value, layer_shapes, param_shapes
 
 N_SHARDS = len(SHARD_NAMES)
@@ -67,6 +69,9 @@ def read_shapes(path: pathlib.Path) -> Release:
         shapes = [tuple(s) for s in json.loads(path.read_text())]
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a JSON list of shapes ({e})") from e
+    for k, shape in enumerate(shapes):
+        if not all(type(n) is int and n > 0 for n in shape):
+            raise ValueError(f"{path}: entry {k} is {list(shape)}, expected positive integer sizes")
     n_layer, extra = divmod(len(shapes) - 2, len(LAYER_VARIABLES))
     if len(shapes) < 2 + len(LAYER_VARIABLES) or extra or len(shapes[0]) != 2 or len(shapes[1]) != 2:
         raise ValueError(f"{path}: expected [n_ctx, n_embd], [n_vocab, n_embd] and 12 arrays per "
@@ -146,13 +151,14 @@ def check_config(cfg: Config, release: Release, n_transfer: int, shapes_path) ->
     limit = min(cfg.n_layer, release.n_layer)
     if not -1 <= n_transfer <= limit:
         raise ValueError(f"n_transfer={n_transfer} must lie in [-1, {limit}] (cfg.n_layer="
-                         f"{cfg.n_layer}, release n_layer={release.n_layer})")
+                         f"{cfg.n_layer}, {shapes_path} describes {release.n_layer} block"
+                         f"{'s' if release.n_layer != 1 else ''})")
 
 
 def load_openai(path=None, *, cfg: Config | None = None, n_ctx: int = 512, n_special: int = 3,
                 n_transfer: int = 12, seed: int = 0, download: bool = True, n_class: int = 1,
                 base_url: str | None = None, checksums: dict[str, str] | None = None,
-                progress: bool = True) -> tuple[dict[str, torch.Tensor], Config]:
+                progress: bool = True, verify: bool = True) -> tuple[dict[str, torch.Tensor], Config]:
     """Parameters (float32) for ``cfg`` from the original release; returns ``(params, cfg)``.
 
     ``path``: the release folder (else ``$GPT1F_WEIGHTS``, else ``<repo>/weights``); missing files are
@@ -167,11 +173,14 @@ def load_openai(path=None, *, cfg: Config | None = None, n_ctx: int = 512, n_spe
     ``we`` when ``n_transfer == -1``), the blocks not transferred, then the ``clf`` head.
 
     The whole release is checked (shapes file, every shard's header and size) before any value is
-    read; errors name the file and what was expected. Nothing partial is returned.
+    read, then (``verify``) every file's git-blob SHA-1 against the release's, or against the
+    folder's ``gpt1f-manifest.json`` when ``save_openai`` wrote it (hashed once, then trusted while
+    size, mtime and inode stay the same: see ``gpt1f.download.verify_files``); errors name the file
+    and what was expected. Non-finite values are refused. Nothing partial is returned.
     """
     cfg = Config.gpt1(n_ctx=n_ctx, n_special=n_special) if cfg is None else cfg
     directory = fetch(WEIGHT_NAMES, weights_dir(path), base_url=base_url, download=download,
-                      checksums=checksums, progress=progress)
+                      checksums=checksums, progress=progress, verify=False)
     release = read_shapes(directory / SHAPES_NAME)
     check_config(cfg, release, n_transfer, directory / SHAPES_NAME)
     shards = [read_shard_header(directory / name) for name in SHARD_NAMES]
@@ -181,9 +190,15 @@ def load_openai(path=None, *, cfg: Config | None = None, n_ctx: int = 512, n_spe
         raise ValueError(f"the shards in {directory} hold {total} values but {SHAPES_NAME} "
                          f"describes {sum(sizes)}")
 
+    if verify:
+        verify_files(WEIGHT_NAMES, directory, checksum_table(directory, checksums))
+
     params = allocate(cfg, n_transfer, seed, n_class)
     targets = transfer_targets(params, cfg, n_transfer, release)
     stream_into(targets, shards, dict(zip(release_names(release.n_layer), sizes)))
+    bad = [name for name in targets if not np.isfinite(targets[name]).all()]
+    if bad:
+        raise ValueError(f"{directory}: the release array {bad[0]} holds NaN or inf values")
     return params, cfg
 
 
@@ -250,8 +265,13 @@ def save_openai(params: dict[str, torch.Tensor], path, *, cfg: Config) -> pathli
     Only what the release holds is written: positions (``cfg.n_ctx`` rows), tokens and the blocks.
     Special-token rows and the ``clf`` head have no place in the format (``load_openai`` draws
     them from its seed); keep fine-tuned models with ``save_hf`` or a checkpoint instead. The flat
-    values are split into ten nearly equal shards (the first ones one value longer), each written
-    to a ``.tmp`` name and renamed once all are complete. Returns the folder.
+    values are split into ten nearly equal shards (the first ones one value longer).
+
+    The save is atomic as a whole for ``load_openai``: every file is written under a ``.tmp`` name,
+    the folder's old ``gpt1f-manifest.json`` is removed, the files are renamed into place, and the
+    new manifest (every file's git-blob SHA-1) is written last. A save killed part-way leaves
+    either the old files with their manifest, or files no manifest vouches for, which
+    ``load_openai`` refuses. Returns the folder.
     """
     release = Release(cfg.n_ctx, cfg.n_vocab, cfg.n_embd, cfg.n_layer)
     arrays = release_arrays(params, cfg)
@@ -259,16 +279,22 @@ def save_openai(params: dict[str, torch.Tensor], path, *, cfg: Config) -> pathli
     counts = shard_counts(sum(sizes))
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = [directory / (name + ".tmp") for name in (*SHARD_NAMES, SHAPES_NAME)]
+    names = (*SHARD_NAMES, SHAPES_NAME)
+    temporary = [directory / (name + ".tmp") for name in names]
     try:
         write_shards(arrays, counts, sizes, temporary[:N_SHARDS])
         temporary[-1].write_text(shapes_json(release))
+        sha1 = {name: git_blob_sha1(tmp) for name, tmp in zip(names, temporary)}
     except BaseException:
         for tmp in temporary:
             tmp.unlink(missing_ok=True)
         raise
+    manifest = {**read_manifest(directory), **sha1}
+    (directory / MANIFEST_NAME).unlink(missing_ok=True)
     for tmp in temporary:
         os.replace(tmp, tmp.with_suffix(""))
+    write_manifest(directory, manifest)
+    _record_verified(directory, sha1)
     return directory
 
 

@@ -27,6 +27,11 @@ exactly as TF did.
 Non-finite gradients (a non-finite global norm: a NaN or inf anywhere, or squares that overflow)
 never reach the parameters. ``nonfinite='skip'`` (the default) leaves parameters, moments and
 ``count`` unchanged and adds 1 to ``state.skipped``, all with tensor ops, so it compiles.
+An update whose new parameters would not all be finite (a finite gradient times a huge lr) is
+skipped the same way: ``update`` checks the result (one fused max-abs reduction) and keeps the old
+params, moments and ``count``; ``update_``, which has written the moments by then, checks
+``max|p| + max|step|`` before writing the parameters and leaves them and ``count`` unchanged
+(its moments have moved: the one way it then differs from ``update``).
 ``nonfinite='raise'`` does the same inside compiled code; called eagerly, ``update`` and ``update_``
 check on the host before touching anything and raise ``FloatingPointError`` naming the tensors.
 
@@ -45,11 +50,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import torch
 
 from . import schedules
+from .checks import all_finite, tensor_norms
 from .params import is_decayed
 
 Params = dict[str, torch.Tensor]
@@ -103,11 +110,7 @@ def global_norm(grads: Params) -> torch.Tensor:
     """``sqrt(sum of every element squared)`` over all tensors, in float32 (float64 if any is). -> []"""
     tensors = list(grads.values())
     dtype = functools.reduce(torch.promote_types, (moment_dtype(g.dtype) for g in tensors))
-    if torch._C._functorch.is_batchedtensor(tensors[0]):    # under vmap: no foreach batching rule
-        norms = [torch.linalg.vector_norm(g, dtype=dtype) for g in tensors]
-    else:
-        norms = torch._foreach_norm(tensors, 2, dtype=dtype)
-    return torch.linalg.vector_norm(torch.stack(norms))
+    return torch.linalg.vector_norm(torch.stack(tensor_norms(tensors, 2, dtype=dtype)))
 
 
 def clip_factor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -139,7 +142,17 @@ class _Scalars(NamedTuple):
         return _Scalars(self.ok, *(s.to(dtype) for s in self[1:]))
 
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def _validate(cfg: AdamConfig) -> None:
+    for name in ("lr", "warmup", "t_total", "e", "l2", "b1", "b2", "max_grad_norm"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            hint = " (max_grad_norm=0 turns clipping off)" if name == "max_grad_norm" else ""
+            raise ValueError(f"{name} must be a finite number, got {value!r}{hint}")
+    if cfg.lr > FLOAT32_MAX:
+        raise ValueError(f"lr={cfg.lr!r} overflows float32 (the state's lr is float32)")
     if not cfg.t_total > 0:
         raise ValueError(f"t_total must be > 0 (the number of updates), got {cfg.t_total!r}")
     for name in ("lr", "warmup", "e", "l2"):
@@ -241,17 +254,20 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
             new_p[k], new_m[k], new_v[k] = _adam_leaf(
                 p, grads[k], m, v, by_dtype[m.dtype], e=e, l2=l2 if decayed[k] else 0.0)
         count, skipped = next_counts(state, ok)
-        return new_p, AdamState(count, new_m, new_v, state.lr, skipped)
+        return _keep_if_finite(new_p, AdamState(count, new_m, new_v, state.lr, skipped),
+                               params, state)
 
     @torch.no_grad()
     def update_(grads: Params, state: AdamState, params: Params, *,
                 grad_norm: torch.Tensor | None = None) -> tuple[Params, AdamState]:
         by_dtype, decayed, ok = prepare(grads, state, params, grad_norm)
+        finite = torch.ones_like(ok)   # cleared by a group whose new params are not all finite
         for dtype, s in by_dtype.items():
             keys = [k for k, m in state.mu.items() if m.dtype == dtype]
             _adam_foreach_([params[k] for k in keys], [grads[k] for k in keys],
                            [state.mu[k] for k in keys], [state.nu[k] for k in keys],
-                           [decayed[k] for k in keys], s, e=e, l2=l2)
+                           [decayed[k] for k in keys], s, e=e, l2=l2, finite=finite)
+        ok = ok & finite
         state.count.add_(ok.to(torch.int64))
         state.skipped.add_((~ok).to(torch.int64))
         return params, state
@@ -271,7 +287,22 @@ def _adam_leaf(p, g, m, v, s: _Scalars, *, e: float, l2: float):
     return (w - u * s.lrt).to(p.dtype), m, v
 
 
-def _adam_foreach_(ps, gs, ms, vs, decayed, s: _Scalars, *, e: float, l2: float) -> None:
+def _keep_if_finite(new_p: Params, new_state: AdamState, params: Params, state: AdamState):
+    """``(new_p, new_state)`` when every new parameter is finite, else the old params and state
+    with ``skipped + 1``: an update that overflows (huge lr, huge steps) is skipped like a
+    non-finite gradient, in tensor ops (one fused max-abs reduction), so it compiles."""
+    ok = all_finite(new_p)
+
+    def keep(new: Params, old: Params) -> Params:
+        return {k: torch.where(ok, new[k], old[k]) for k in new}
+    skipped = torch.where(ok, new_state.skipped, state.skipped + 1)
+    return keep(new_p, params), AdamState(torch.where(ok, new_state.count, state.count),
+                                          keep(new_state.mu, state.mu), keep(new_state.nu, state.nu),
+                                          state.lr, skipped)
+
+
+def _adam_foreach_(ps, gs, ms, vs, decayed, s: _Scalars, *, e: float, l2: float,
+                   finite: torch.Tensor | None = None) -> None:
     """:func:`_adam_leaf`'s ops, in the same order, with ``torch._foreach_*`` and written in place.
 
     Two scratch lists ``a``, ``b`` the size of the group are reused throughout: on CPU a fresh
@@ -304,6 +335,13 @@ def _adam_foreach_(ps, gs, ms, vs, decayed, s: _Scalars, *, e: float, l2: float)
         torch._foreach_mul_(bd, l2)
         torch._foreach_add_(pick(a), bd)                             # u + l2 * p
     torch._foreach_mul_(a, s.lrt)
+    if finite is not None:   # max|p| + max|step| finite => every p - step finite; else no step
+        bound = (torch.stack(torch._foreach_norm(ws, math.inf)).amax()
+                 + torch.stack(torch._foreach_norm(a, math.inf)).amax())
+        group_ok = torch.isfinite(bound)
+        finite.logical_and_(group_ok)
+        for x in a:
+            x.masked_fill_(~group_ok, 0.0)
     torch._foreach_sub_(ws, a)                                       # p - lrt * u
     for p, w in zip(ps, ws):
         if p.dtype != dtype:

@@ -78,6 +78,7 @@ def read_cloze_csv(path, *, require_labels: bool) -> Stories:
     import pandas as pd
 
     path = pathlib.Path(path)
+    check_field_counts(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, OSError, pd.errors.ParserError) as e:
@@ -100,6 +101,23 @@ def read_cloze_csv(path, *, require_labels: bool) -> Stories:
                           for i, text in enumerate(frame[LABEL_COLUMN])], dtype=np.int64)
     story = [" ".join(row) for row in zip(*(frame[c] for c in STORY_COLUMNS))]
     return Stories(story, list(frame[ENDING_COLUMNS[0]]), list(frame[ENDING_COLUMNS[1]]), label)
+
+
+def check_field_counts(path: pathlib.Path) -> None:
+    """Every row must have the header's number of fields: pandas would read one extra field in
+    every row as an index column and shift the others silently."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return                      # empty: the reader's own message follows
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields, the "
+                                    f"header has {len(header)} ({', '.join(header)})")
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot be read as UTF-8 CSV ({e})") from None
 
 
 def _row(frame, i: int) -> str:

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from .checks import check_inputs, check_lm_coef
 from .config import Config
 from .loss import loss_and_parts
 from .optim import AdamState, Optimizer, global_norm
@@ -90,17 +91,19 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
     ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
     scheduled learning rate of this update, before bias correction) and ``nonfinite`` (1 when the
-    gradients were not finite and the update was skipped, else 0).
+    update was skipped, its gradients or the parameters it would give not being finite, else 0).
     """
+    check_lm_coef(lm_coef)
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
         params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm,
         transform=transform)
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
-               "nonfinite": (~torch.isfinite(grad_norm)).to(torch.int64)}
+               "nonfinite": opt_state.skipped.clone()}
     update = opt.update_ if inplace else opt.update
     params, opt_state = update(grads, opt_state, params, grad_norm=grad_norm)
+    metrics["nonfinite"] = opt_state.skipped - metrics["nonfinite"]   # 0 or 1
     return params, opt_state, metrics
 
 
@@ -116,6 +119,8 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     the graph, then this wrapper checks ``metrics['nonfinite']`` on the host (one sync a step) and
     raises ``FloatingPointError``; the parameters passed in are untouched either way.
     """
+    check_lm_coef(lm_coef)
+
     def step(params, opt_state, batch, key):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
                           accum=accum, inplace=inplace, head=head, fused_lm=fused_lm,
@@ -123,7 +128,13 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
 
     if not compile:
         return step
-    compiled = torch.compile(step, fullgraph=True, **compile_kwargs)
+    graph = torch.compile(step, fullgraph=True, **compile_kwargs)
+
+    def compiled(params, opt_state, batch, key):
+        model_params = params if transform is None else transform(params)
+        check_inputs(model_params, batch["tokens"], cfg=cfg, key=key)   # values: outside the graph
+        return graph(params, opt_state, batch, key)
+
     if opt.config.nonfinite != "raise":
         return compiled
 
@@ -131,7 +142,8 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
         params, opt_state, metrics = compiled(params, opt_state, batch, key)
         if bool(metrics["nonfinite"]):
             raise FloatingPointError(
-                f"non-finite gradients (global norm {float(metrics['grad_norm'])}): update skipped")
+                f"update skipped: non-finite gradients (global norm {float(metrics['grad_norm'])}) "
+                "or parameters that would not be finite")
         return params, opt_state, metrics
 
     return checked_step

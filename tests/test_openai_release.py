@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt1f import Config, init_params, param_shapes
-from gpt1f.download import SHARD_NAMES
+from gpt1f.download import SHARD_NAMES, WEIGHT_NAMES, git_blob_sha1, write_manifest
 from gpt1f.openai_release import (Release, array_pieces, load_openai, read_shapes, save_openai,
                                   shapes_json)
 from gpt1f.params import LAYER_VARIABLES, init_value
@@ -33,6 +33,8 @@ def write_release(directory: pathlib.Path, arrays, dtype=np.float32) -> pathlib.
     for name, piece in zip(SHARD_NAMES, np.array_split(flat, 10)):
         np.save(directory / name, piece)
     (directory / "params_shapes.json").write_text(json.dumps([list(a.shape) for a in arrays]))
+    # not the release's files: a manifest vouches for them (load_openai verifies every file)
+    write_manifest(directory, {n: git_blob_sha1(directory / n) for n in WEIGHT_NAMES})
     return directory
 
 

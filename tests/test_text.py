@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from gpt1f.download import git_blob_sha1, write_manifest
 from gpt1f.text import ROCSTORIES_SPECIAL, TextEncoder, VocabularyError, special_token_ids
 from gpt1f.text import encoder as encoder_module
 from gpt1f.text.bpe import bpe, token_pieces
@@ -31,7 +32,7 @@ TINY_MERGES = [
 ]
 
 
-def write_vocabulary(directory, characters=TINY_CHARACTERS, merges=TINY_MERGES):
+def write_vocabulary(directory, characters=TINY_CHARACTERS, merges=TINY_MERGES, manifest=False):
     """The release's two files for a vocabulary: ``<unk>`` = 0, characters, '\\n</w>', merges."""
     pieces = ["<unk>"] + [p for c in characters for p in (c, c + "</w>")] + ["\n</w>"]
     pieces += [a + b for a, b in merges]
@@ -40,6 +41,8 @@ def write_vocabulary(directory, characters=TINY_CHARACTERS, merges=TINY_MERGES):
     encoder_path.write_text(json.dumps({p: i for i, p in enumerate(pieces)}), encoding="utf-8")
     bpe_path.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
                         encoding="utf-8")
+    if manifest:   # under the release's names but not its files: a manifest vouches for them
+        write_manifest(directory, {p.name: git_blob_sha1(p) for p in (encoder_path, bpe_path)})
     return encoder_path, bpe_path
 
 
@@ -413,7 +416,7 @@ def test_not_utf8_names_the_file(tmp_path, tiny_paths):
 
 def test_failed_load_leaves_nothing_behind(tmp_path, tiny_paths, monkeypatch):
     """A broken file in the weights folder fails; once repaired, the next load reads it afresh."""
-    encoder_path, bpe_path = write_vocabulary(tmp_path)
+    encoder_path, bpe_path = write_vocabulary(tmp_path, manifest=True)
     good = bpe_path.read_text(encoding="utf-8")
     bpe_path.write_text(good[:-5], encoding="utf-8")
     with pytest.raises(VocabularyError, match=re.escape(str(bpe_path))):
@@ -437,7 +440,7 @@ def test_the_default_is_the_packaged_release_vocabulary_whatever_gpt1f_weights_s
 
 
 def test_weights_dir_overrides_the_packaged_vocabulary(tmp_path, tiny_paths):
-    write_vocabulary(tmp_path)
+    write_vocabulary(tmp_path, manifest=True)
     encoder = TextEncoder(weights_dir=tmp_path, download=False)
     assert encoder.n_vocab == TextEncoder(*tiny_paths).n_vocab != 40478
     assert encoder.encode_one("hello, the cat") == TextEncoder(*tiny_paths).encode_one("hello, the cat")

@@ -72,7 +72,7 @@ def test_cli_end_to_end_outputs(tmp_path, vocab_args, capsys):
         assert set(e) == {"n_epochs", "n_updates", "tr_cost", "va_cost", "tr_acc", "va_acc", "time"}
         assert 0 <= e["va_acc"] <= 100 and e["va_cost"] > 0
 
-    rows = (tmp_path / "sub" / "ROCStories.tsv").read_text().splitlines()
+    rows = (tmp_path / "sub" / "e2e" / "ROCStories.tsv").read_text().splitlines()
     assert rows[0] == "index\tprediction" and len(rows) == 1 + 120
     predictions = np.array([int(r.split("\t")[1]) for r in rows[1:]])
     assert [r.split("\t")[0] for r in rows[1:]] == [str(i) for i in range(120)]

@@ -33,7 +33,7 @@ def release_path(name: str, weights_dir=None, download: bool = True) -> pathlib.
         return release_data.path(name)
     from ..download import fetch
 
-    return fetch([name], pathlib.Path(weights_dir), download=download) / name
+    return fetch([name], pathlib.Path(weights_dir), download=download, verify=False) / name
 
 
 def read_text(path: pathlib.Path) -> str:
@@ -48,16 +48,35 @@ def read_text(path: pathlib.Path) -> str:
 def load_encoder(path: pathlib.Path) -> dict[str, int]:
     """The piece -> id table; ids must be exactly 0 .. n-1."""
     try:
-        encoder = json.loads(read_text(path))
+        encoder = json.loads(read_text(path), object_pairs_hook=lambda pairs: _unique(pairs, path))
     except json.JSONDecodeError as e:
         raise VocabularyError(f"{path} is not valid JSON (truncated?): {e}") from None
     if not isinstance(encoder, dict) or not encoder:
         raise VocabularyError(f"{path} must hold a non-empty JSON object of piece -> id")
     ids = encoder.values()
+    pieces_of: dict[int, list[str]] = {}
+    for piece, i in encoder.items():
+        if type(i) is int:
+            pieces_of.setdefault(i, []).append(piece)
+    shared = next(((i, pieces) for i, pieces in pieces_of.items() if len(pieces) > 1), None)
+    if shared:
+        raise VocabularyError(f"{path}: id {shared[0]} is given to {len(shared[1])} pieces "
+                              f"({', '.join(map(repr, shared[1][:5]))}); each id names one piece")
     if not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(encoder))):
         raise VocabularyError(f"{path}: ids must be the integers 0 .. {len(encoder) - 1}, "
                               "each once")
     return encoder
+
+
+def _unique(pairs: list[tuple[str, object]], path: pathlib.Path) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is an error (json keeps the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise VocabularyError(f"{path}: the piece {key!r} appears twice (ids {out[key]!r} and "
+                                  f"{value!r})")
+        out[key] = value
+    return out
 
 
 def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
@@ -68,7 +87,7 @@ def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
                               f"got {lines[0][:40]!r}")
     if lines[-1] != "":
         raise VocabularyError(f"{path}: last line {lines[-1][:40]!r} has no newline (truncated?)")
-    merges = []
+    merges, seen = [], {}
     # The original splits a line on any whitespace (str.split()); one space is stricter and, as
     # no line of the release holds other whitespace, gives the same pairs for the release.
     for number, line in enumerate(lines[1:-1], start=2):
@@ -76,6 +95,10 @@ def parse_merges(text: str, path: pathlib.Path) -> list[tuple[str, str]]:
         if len(pair) != 2 or not all(pair):
             raise VocabularyError(f"{path}, line {number}: expected two symbols separated by one "
                                   f"space, got {line[:40]!r}")
+        if pair in seen:   # a repeated pair would take the later rank and change tokenization
+            raise VocabularyError(f"{path}, line {number}: the merge {line[:40]!r} repeats "
+                                  f"line {seen[pair]}")
+        seen[pair] = number
         merges.append(pair)
     return merges
 
@@ -100,7 +123,11 @@ def check_merges(merges: list[tuple[str, str]], encoder: dict[str, int],
 
 def load_vocabulary(encoder_path=None, bpe_path=None, *, weights_dir=None,
                     download: bool = True) -> Vocabulary:
-    """Read and cross-check the two files; a None path means the release file (see release_path)."""
+    """Read and cross-check the two files; a None path means the release file (see release_path).
+    Release files taken from a ``weights_dir`` have their git-blob SHA-1s verified too
+    (``gpt1f.download.verify_files``); the packaged copies are checked by the test suite."""
+    defaults = [p for p, given in ((ENCODER_NAME, encoder_path), (MERGES_NAME, bpe_path))
+                if given is None and weights_dir is not None]
     if encoder_path is None:
         encoder_path = release_path(ENCODER_NAME, weights_dir, download)
     if bpe_path is None:
@@ -109,4 +136,7 @@ def load_vocabulary(encoder_path=None, bpe_path=None, *, weights_dir=None,
     encoder = load_encoder(encoder_path)
     merges = parse_merges(read_text(bpe_path), bpe_path)
     check_merges(merges, encoder, bpe_path, encoder_path)
+    if defaults:   # the release's files by name: their SHA-1s are known (checked once, stamped)
+        from ..download import verify_files
+        verify_files(defaults, (encoder_path if ENCODER_NAME in defaults else bpe_path).parent)
     return Vocabulary(encoder, {pair: rank for rank, pair in enumerate(merges)})
