@@ -12,3 +12,6 @@ from .text import TextEncoder
 from . import schedules
 from .optim import AdamState, Optimizer, clip_by_global_norm, global_norm, openai_adam
 from .train import make_train_step, train_step
+from .cache import forward_cached, forward_cached_, init_cache
+from .generation import generate
+from .scoring import score
