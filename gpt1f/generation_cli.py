@@ -23,6 +23,8 @@ from .generation import generate
 from .openai_release import load_openai, read_shapes
 from .scoring import score
 
+SAMPLE_HEADER = "=== sample {n} ==="
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gpt1f.generate", description=__doc__.splitlines()[0])
@@ -87,8 +89,8 @@ def print_samples(params, cfg, encoder, ids, args, device) -> None:
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, compile=compile)
     print(f"prompt: {encoder.decode(ids)}")
-    for n, row in enumerate(rows, 1):
-        print(f"[{n}] {encoder.decode(row)}")
+    for n, row in enumerate(rows, 1):   # generated text may hold newlines: a header per sample
+        print(f"{SAMPLE_HEADER.format(n=n)}\n{encoder.decode(row)}")
 
 
 def main(argv=None) -> int:
