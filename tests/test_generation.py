@@ -394,3 +394,16 @@ def test_score_rejects_bad_input():
         gpt1f.score(params, special, torch.ones(1, 3), cfg=CFG)
     lp, _ = gpt1f.score(params, special, torch.tensor([[1, 0, 1]]), cfg=CFG)   # context only: fine
     assert lp[0, 0] == 0 and lp[0, 1] < 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
+def test_cuda_graph_decode_step_equals_eager():
+    """On a GPU: the step compiled with mode="reduce-overhead" (CUDA graphs, cache and params at
+    fixed addresses) gives eager's tokens, sampled and greedy, over two calls."""
+    params = {k: v.cuda() for k, v in params_of(LONG).items()}
+    prompts = prompts_of([4, 7, 1], LONG)
+    torch._dynamo.reset()
+    for kw in (dict(key=grandom.key(0, device="cuda"), top_k=10), dict(greedy=True)):
+        for _ in range(2):
+            compiled = gpt1f.generate(params, prompts, cfg=LONG, max_new_tokens=20, compile=True, **kw)
+            assert compiled == gpt1f.generate(params, prompts, cfg=LONG, max_new_tokens=20, **kw)
