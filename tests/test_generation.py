@@ -47,6 +47,19 @@ def test_cached_equals_uncached_at_every_position(dtype, tol):
         assert (got - logits).abs().max() <= tol * 10, length
 
 
+def test_prefill_in_chunks_equals_one_call():
+    """T_new > 1 at a later position (chunked prefill) sees the earlier chunks through the cache."""
+    params = params_of(CFG, torch.float64)
+    tokens = torch.randint(0, CFG.n_vocab, (2, 12), generator=torch.Generator().manual_seed(2))
+    whole = gpt1f.transformer(params, tokens, cfg=CFG)
+    cache = init_cache(CFG, 2, CFG.n_ctx, dtype=torch.float64)
+    chunks = []
+    for start in range(0, 12, 5):
+        h, cache = forward_cached(params, tokens[:, start:start + 5], cache, torch.tensor(start), cfg=CFG)
+        chunks.append(h)
+    torch.testing.assert_close(torch.cat(chunks, 1), whole, rtol=0, atol=1e-12)
+
+
 def test_pure_forward_leaves_the_cache_and_inplace_writes_it():
     params = params_of(CFG)
     tokens = torch.randint(0, CFG.n_vocab, (2, 5))
