@@ -6,7 +6,9 @@
 #      torch.compile mode $COMPILE_MODE, default reduce-overhead = CUDA graphs without GEMM
 #      autotuning, which would not fit the time; 32 stories a step: the paper's update) against
 #      transformers' eager bf16-autocast step when transformers is installed;
-#   4. the optimizer benchmark on CUDA.
+#   4. the optimizer benchmark on CUDA;
+#   5. generation on CUDA: the CUDA-graph decode step against eager (tests/test_generation.py)
+#      and new tokens/s against transformers' generate (benchmarks/bench_generate.py).
 # Results go to $OUT when set (the device tool's output folder), else benchmarks/results.
 #
 #     bash benchmarks/gpu_check.sh
@@ -33,7 +35,7 @@ status=0
 if "$PY" -c "import pytest" 2>/dev/null; then
     echo "== tests: the compiled CUDA step equals eager, bf16 + CUDA graphs train, bf16 eval"
     timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_benchmarks.py \
-        -k "cuda or flop or interleaved or ratio" 2>&1 | tail -15 | tee "$OUT_DIR/gpu_check_pytest.txt"
+        -k "cuda or flop or interleaved or ratio" tests/test_generation.py 2>&1 | tail -15 | tee "$OUT_DIR/gpu_check_pytest.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 else
     echo "== tests skipped: pytest not installed"
@@ -54,5 +56,10 @@ timeout "${TRAIN_TIMEOUT:-330}" "$PY" -m benchmarks.run --device cuda --only tra
 echo "== optimizer update on cuda"
 timeout "${OPTIM_TIMEOUT:-90}" "$PY" -m benchmarks.run --device cuda --only optim \
     --out-dir "$OUT_DIR" 2>&1 | grep -v "^[EW][0-9]" | tail -8
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== generation on cuda (gpt1f eager and CUDA graphs vs transformers' generate)"
+timeout "${GENERATE_TIMEOUT:-240}" "$PY" -m benchmarks.run --device cuda --only generate \
+    --peer_new_tokens "${PEER_NEW_TOKENS:-64}" --out-dir "$OUT_DIR" 2>&1 | grep -v "^[EW][0-9]" | tail -14
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status

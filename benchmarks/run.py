@@ -23,12 +23,13 @@ import torch
 from . import common
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("train", "memory", "optim", "load", "text")
+BENCHMARKS = ("train", "memory", "optim", "load", "text", "generate")
 
 # (row label, how to read the measured value, target, comparison) -- see ``rows``.
 TARGETS = {
     "train_speedup": 1.25, "train_mfu": 0.80, "eval_speedup": 1.3,
     "memory_ratio": 0.7, "load_ratio": 1.5,
+    "generate_speedup_batch1": 10.0, "generate_bandwidth_batch1": 0.5,
 }
 
 
@@ -49,6 +50,10 @@ def run_one(name: str, *, quick: bool, device: str, compile: bool, args) -> dict
                 return {"status": "skipped", "reason": "peak RSS is measured on CPU runs"}
             from . import bench_memory
             out = bench_memory.run(quick, compile, torch.get_num_threads())
+        elif name == "generate":
+            from . import bench_generate
+            out = bench_generate.run(quick, device, compile, peer_new_tokens=args.peer_new_tokens,
+                                     threads=torch.get_num_threads())
         else:
             try:
                 module = importlib.import_module(f"benchmarks.bench_{name}")
@@ -145,6 +150,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str, str]]:
     text = b.get("text", {})
     if text.get("status") == "ok":
         out.append(text_row(text))
+    generate = b.get("generate", {})
+    if generate.get("status") == "ok":
+        out += generate_rows(generate)
     for name, r in b.items():
         if r.get("status") != "ok":
             out.append((name, r.get("status", "?"), "-", "-", "-", r.get("reason") or r.get("error", "")[:60]))
@@ -166,6 +174,40 @@ def text_row(text: dict) -> tuple:
     rates = s["texts_per_s"]
     return ("tokenisation, one process (texts/s)", f"{rates['ours']:,.0f}/s",
             f"{rates['baseline']:,.0f}/s", f"{s['speedup']:.2f}x faster", "-", "-")
+
+
+def generate_rows(gen: dict) -> list[tuple]:
+    """bench_generate: new tokens/s per (batch, mode) against transformers, and batch 1 against
+    the memory-bandwidth bound; gpt1f's figure is the compiled side's when it ran."""
+    out = []
+    bound = gen["bound_tokens_per_s_batch1"]
+    for name, r in gen["runs"].items():
+        ours = "gpt1f_compiled" if "gpt1f_compiled" in r["sides"] else "gpt1f"
+        sides = r["sides"]
+        peer = sides.get("transformers")
+        speed = r.get(f"speedup_{ours}")
+        label = f"generate {r['mode']}, batch {r['batch']} (new tokens/s)"
+        eager = f", eager {sides['gpt1f']['tokens_per_s']:,.1f}" if ours != "gpt1f" else ", eager"
+        peer_text = "n/a" if peer is None else (
+            f"{peer['tokens_per_s']:,.1f}" + (f" (over {peer['new_tokens']} tokens)"
+                                              if peer["new_tokens"] != gen["new_tokens"] else ""))
+        batch1 = r["batch"] == 1
+        out.append((label, f"{sides[ours]['tokens_per_s']:,.1f}{eager}", peer_text,
+                    fmt_ratio(speed) if speed else "-",
+                    f">= {TARGETS['generate_speedup_batch1']:.0f}x faster" if batch1 else "-",
+                    verdict(speed and speed["median"], TARGETS["generate_speedup_batch1"], True)
+                    if batch1 else "-"))
+        if batch1:
+            fraction = r[f"bandwidth_fraction_{ours}"]
+            out.append((f"generate {r['mode']}, batch 1 vs bandwidth bound",
+                        f"{sides[ours]['tokens_per_s']:,.1f}/s", f"bound {bound:,.1f}/s",
+                        f"{fraction:.0%} of bound",
+                        f">= {TARGETS['generate_bandwidth_batch1']:.0%}",
+                        verdict(fraction, TARGETS["generate_bandwidth_batch1"], True)))
+        if "compile_s" in r:
+            out.append((f"generate {r['mode']}, batch {r['batch']}: compile (once)",
+                        fmt_s(r["compile_s"]), "-", "-", "-", "-"))
+    return out
 
 
 def markdown_table(results: dict) -> str:
@@ -250,6 +292,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2)")
     parser.add_argument("--steps", type=int, help="measured steps per side (train/eval)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per side (train/eval)")
+    parser.add_argument("--peer_new_tokens", type=int,
+                        help="generate: new tokens per transformers call (default: all 256)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--include", action="append", default=[], metavar="NAME=FILE",
                         help="take benchmark NAME's result from FILE, the JSON its own module "

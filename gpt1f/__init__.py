@@ -14,3 +14,6 @@ from .optim import AdamState, Optimizer, clip_by_global_norm, global_norm, opena
 from .train import make_train_step, train_step
 from .per_example import per_example_grads
 from . import dp, ensemble, lora
+from .cache import forward_cached, forward_cached_, init_cache
+from .generation import generate
+from .scoring import score

@@ -17,15 +17,15 @@ from .config import Config
 
 def _values_readable(t: torch.Tensor) -> bool:
     """Whether ``t``'s values can be read here: not while compiling, not batched by ``vmap``
-    at any level (``grad``'s wrappers can be read through)."""
-    if torch.compiler.is_compiling():
+    at any level (``grad``'s wrappers can be read through), not on the meta device."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
         return False
     functorch = torch._C._functorch
     while functorch.is_functorch_wrapped_tensor(t):
         if functorch.is_batchedtensor(t) or not functorch.is_gradtrackingtensor(t):
             return False
         t = functorch.get_unwrapped(t)
-    return True
+    return t.device.type != "meta"
 
 
 def _first_bad(bad: torch.Tensor) -> tuple[int, ...] | None:

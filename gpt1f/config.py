@@ -66,6 +66,11 @@ class Config:
         """Row of ``model/we:0`` holding position 0."""
         return self.n_vocab + self.n_special
 
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (the KV cache's last axis)."""
+        return self.n_embd // self.n_head
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

@@ -102,3 +102,15 @@ def _numel(shape) -> int:
     for s in shape:
         n *= int(s)
     return n
+
+
+def gumbel(key: torch.Tensor, shape, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log(u))``, ``shape``, from the open-interval uniform
+    ``u = (24 bits + 1/2) / 2**24``; ``argmax(logits + gumbel)`` draws from ``softmax(logits)``.
+
+    ``key`` may hold a batch of keys ``[..., 1]`` (one per row): each row's draws then equal the
+    draws of its own key alone. The noise is bounded (|g| < 17.4), so a logit more than about 20
+    below the largest is never drawn (probability below 2e-9).
+    """
+    u = ((bits(key, shape, device) & 0xFFFFFF).to(dtype) + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(-torch.log(u))

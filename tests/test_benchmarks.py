@@ -40,12 +40,14 @@ def test_quick_run_writes_json_table_and_plot(quick_results):
     assert env["torch"] == torch.__version__ and env["torch_threads"] == 2
     assert "transformers" in env and env["cpu"]
     assert results["peak"]["flops_per_s"] > 0 and len(results["peak"]["times_s"]) == 10
-    assert set(results["benchmarks"]) == {"train", "memory", "optim", "load", "text"}
+    assert set(results["benchmarks"]) == {"train", "memory", "optim", "load", "text", "generate"}
     for name, r in results["benchmarks"].items():
         assert r["status"] == "ok", f"{name}: {r.get('error')}\n{r.get('traceback', '')}"
     table = (out / results["files"]["table"]).read_text()
     assert "| training step |" in table and "| training step peak RSS, default malloc |" in table
     assert "| ... both with limit_heap_retention() |" in table
+    assert "| generate greedy, batch 1 (new tokens/s) |" in table
+    assert "| generate top_k, batch 1 vs bandwidth bound |" in table
     assert table.strip() in stdout
     assert (out / results["files"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -133,6 +135,36 @@ def test_no_result_is_kept_twice_under_two_names():
             fingerprint = json.dumps(r, sort_keys=True)
             assert fingerprint not in seen, f"{f.name}'s {name} repeats {seen.get(fingerprint)}"
             seen[fingerprint] = f"{f.name}'s {name}"
+
+
+def test_generate_results_hold_tokens_per_second_ratios_and_the_bound(quick_results):
+    gen = quick_results[0]["benchmarks"]["generate"]
+    assert set(gen["runs"]) == {"b1_greedy", "b1_top_k", "b2_greedy", "b2_top_k"}
+    assert gen["sides"] == ["gpt1f", "transformers"]                   # --no-compile: no compiled side
+    assert gen["bound_tokens_per_s_batch1"] == pytest.approx(
+        gen["copy_bandwidth"]["bytes_per_s"] / gen["bytes_per_new_token_batch1"])
+    for name, r in gen["runs"].items():
+        for side, s in r["sides"].items():
+            assert len(s["times_s"]) == gen["steps"] and s["new_tokens"] == gen["new_tokens"]
+            assert s["tokens_per_s"] == pytest.approx(r["batch"] * s["new_tokens"] / s["median_s"])
+        pairs = zip(r["sides"]["transformers"]["times_s"], r["sides"]["gpt1f"]["times_s"])
+        assert sorted(r["speedup_gpt1f"]["ratios"]) == pytest.approx(sorted(b / o for b, o in pairs))
+        if r["batch"] == 1:
+            assert r["bandwidth_fraction_gpt1f"] == pytest.approx(
+                r["sides"]["gpt1f"]["tokens_per_s"] / gen["bound_tokens_per_s_batch1"])
+        if r["mode"] == "greedy":      # the peer holds the same weights: the same greedy tokens
+            assert r["greedy_equals_transformers"] is True, name
+
+
+def test_generate_bytes_per_token_counts_weights_and_live_cache():
+    from benchmarks import bench_generate
+
+    cfg = gpt1f.Config.gpt1(n_special=0)
+    params = gpt1f.param_shapes(cfg)
+    weights = sum(math.prod(s) for k, s in params.items() if k.startswith("model/h"))
+    weights += cfg.n_vocab * cfg.n_embd                          # the tied head's token rows
+    kv = 2 * 12 * 192 * 768
+    assert bench_generate.bytes_per_new_token(cfg, 192) == 4 * (weights + kv)
 
 
 # ---------------------------------------------------------------------------------------------

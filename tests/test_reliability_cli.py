@@ -17,9 +17,8 @@ from tests.test_train_rocstories import TINY, cli, dirs, read_log, run_in_proces
 
 
 @pytest.fixture
-def vocab_args(shared_gpt_dir):
-    return ["--encoder_path", str(shared_gpt_dir / "encoder_bpe_40000.json"),
-            "--bpe_path", str(shared_gpt_dir / "vocab_40000.bpe")]
+def vocab_args():
+    return []          # the packaged release vocabulary
 
 
 def synthetic(tmp_path, *extra):

@@ -283,3 +283,40 @@ def test_decode_golden():
     encoder = release_encoder()
     assert encoder.decode(encoder.encode_one("Hello, World!\nIt\u2019s 3.14")) == \
         "hello , world ! \n it 's 3.14"
+
+
+def expected_decoding(reference: Reference, text: str) -> str:
+    """What decode(encode(text)) must give, by the documented limits: the normalised text's spaCy
+    tokens, lower-cased, each BPE piece itself or ``<unk>`` when the vocabulary lacks it (the
+    piece's end of word going with it), ``</w>`` read as a space, the newline token as a newline."""
+    pieces = [piece if piece in reference.encoder else "<unk>"
+              for token in reference.tokens(text) for piece in reference.bpe(token.lower()).split(" ")]
+    return "".join(pieces).replace("</w>", " ").removesuffix(" ")
+
+
+def test_decode_round_trip_golden_up_to_the_documented_limits():
+    encoder, reference = release_encoder(), release_reference()
+    clean = 0
+    for text, ids in GOLDEN:
+        decoded = encoder.decode(encoder.encode_one(text))
+        assert decoded == expected_decoding(reference, text), text
+        if 0 not in ids:  # no unknown piece: exactly the lower-cased tokens joined by spaces
+            tokens = ["\n" if t == "\n " else t.lower() for t in reference.tokens(text)]
+            assert decoded == " ".join(tokens), text
+            clean += 1
+    assert clean >= 70                                   # most golden texts round-trip that far
+    assert encoder.decode(encoder.encode_one("I love \U0001f355!")) == "i love <unk>!"
+    assert encoder.decode(encoder.encode_one("HELLO World")) == "hello world"
+
+
+def test_decode_serves_generated_ids():
+    """Tensors as generate returns them, special tokens by name, a word cut off at the end."""
+    import torch
+
+    encoder = release_encoder()
+    ids = encoder.encode_one("Karen was assigned a roommate")
+    assert encoder.decode(torch.tensor(ids)) == "karen was assigned a roommate"
+    start = encoder.special["_start_"]
+    assert encoder.decode([start, *ids[:2]]) == "_start_ karen was"
+    room = encoder.encoder["room"]                         # a word-initial piece, no </w>
+    assert encoder.decode([*ids[:1], room]) == "karen room"

@@ -233,8 +233,23 @@ class TextEncoder:
     # -- decoding ------------------------------------------------------------------------------
 
     def decode(self, ids) -> str:
-        """Pieces joined, each ``</w>`` read as a space (the last one dropped); task tokens as
-        their names. ``decode(encode_one(s))`` is the normalised, lower-cased ``s``."""
+        """Text of token ids (a list or a 1-D tensor, e.g. ``generate``'s output): pieces joined,
+        each ``</w>`` read as a space (the last one dropped), task tokens as their names.
+
+        What encoding loses, decoding cannot restore; ``decode(encode_one(s))`` is exactly the
+        spaCy tokens of the normalised ``s``, lower-cased and joined by single spaces, except that
+        a piece missing from the vocabulary (id 0) reads ``<unk>`` and loses its end of word:
+        - case: ``"HELLO World"`` -> ``"hello world"``;
+        - normalisation (ftfy, the original ``standardize``): dashes, quotes, ellipses and
+          whitespace are rewritten, runs of newlines become one newline token, read ``"\n"``;
+        - spaCy's splits: punctuation and clitics become words of their own, ``"it's fine."``
+          -> ``"it 's fine ."``, and the original spacing is gone;
+        - unknown characters: ``"I love 🍕!"`` -> ``"i love <unk>!"``.
+        Decoded text need not re-encode to the same ids (``"'ve"`` and ``"dr."`` re-split).
+        A generated sequence may end inside a word; its last piece is then kept as it is.
+        """
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
         names = {i: name for name, i in self.special.items()}
         pieces = []
         for position, i in enumerate(ids):
