@@ -654,35 +654,6 @@ def fine_tune(args, data: Data, cfg: gpt1f.Config, seed: int, run: Run, header: 
         raise Interrupted(f"interrupted at update {progress.n_updates}. {resume_hint(run)}") from None
 
     # -- the best params: test predictions, submission
-        order = rocstories.epoch_order(seed, progress.epoch, n_train)
-        order = torch.as_tensor(order, device=device)
-        bar = tqdm(range(progress.position, n_batches), initial=progress.position, total=n_batches,
-                   desc=f"epoch {progress.epoch + 1}/{args.n_iter}", unit="update", leave=False)
-        for b in bar:
-            index = order[b * batch:(b + 1) * batch]
-            step_key = gpt1f.random.fold_in(key, progress.n_updates)
-            tick = time.perf_counter()
-            with cast:
-                params, opt_state, metrics = step(params, opt_state,
-                                                  {k: v[index] for k, v in train.items()}, step_key)
-            loss, lr = float(metrics["loss"]), float(metrics["lr"])   # the step's one host sync
-            seconds = time.perf_counter() - tick
-            step_seconds, trained = step_seconds + seconds, trained + batch
-            progress.n_updates, progress.position = progress.n_updates + 1, b + 1
-            if not math.isfinite(loss):
-                raise Diverged(f"the training loss is {loss} at update {progress.n_updates} (epoch "
-                               f"{progress.epoch + 1}); stopped. {last_checkpoint(run)}")
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", ex_s=f"{batch / seconds:.0f}")
-            if progress.n_updates in LOG_AT_UPDATES and progress.epoch == 0:
-                log(n_epochs=0)
-            if args.save_every and progress.n_updates % args.save_every == 0 and b + 1 < n_batches:
-                save_latest()
-        bar.close()
-        progress.epoch, progress.position = progress.epoch + 1, 0
-        log(n_epochs=progress.epoch)
-        save_latest()
-
-    # -- the best params: test predictions, submission
     ensure_finite()
     best, _ = checkpoint.restore(run.best, {"params": params})
     predictions = predict(scorer, best["params"], splits["test"]["tokens"], batch,

@@ -344,3 +344,18 @@ def test_usage_lines_name_only_flags_the_parser_takes(module):
     assert usage and flags and flags <= known, flags - known
     assert mod.arg_parser().parse_args(["--compile"]).compile is True
     assert mod.arg_parser().parse_args(["--no-compile"]).compile is False
+
+
+def test_research_benchmark_quick_reports_both_comparisons():
+    from benchmarks.common import run_json_subprocess
+
+    r = run_json_subprocess("benchmarks.bench_research", ["--quick", "--steps", "2"], timeout=600)
+    assert set(r["sides"]) == {"ensemble", "single", "lora", "full"}
+    sides = r["sides"]
+    assert sides["ensemble"]["trainable"] == r["seeds"] * sides["full"]["trainable"]
+    assert sides["lora"]["trainable"] < sides["full"]["trainable"]
+    assert r["lora_trainable_fraction"] == pytest.approx(
+        sides["lora"]["trainable"] / sides["full"]["trainable"])
+    assert sorted(r["ensemble_speedup_over_single"]["ratios"]) == pytest.approx(sorted(
+        s / e for s, e in zip(sides["single"]["times_s"], sides["ensemble"]["times_s"])))
+    assert all(s["peak_rss_bytes"] > 0 and len(s["times_s"]) == 2 for s in sides.values())

@@ -103,11 +103,3 @@ def test_an_unfinished_save_is_ignored_and_only_the_writer_removes_it(tmp_path):
     assert unfinished.is_dir()          # readers leave it: another process may be writing it
     ck.save(tmp_path, 2, training_state(), {"step": 2})
     assert not unfinished.exists() and ck.steps(tmp_path) == [1, 2]
-
-
-def test_saving_a_step_that_exists_keeps_the_saved_one(tmp_path):
-    ck.save(tmp_path, 4, training_state(1), {"step": "first"})
-    ck.save(tmp_path, 4, training_state(2), {"step": "second"})
-    restored, meta = ck.restore(tmp_path, training_state())
-    assert meta == {"step": "first"}
-    assert_identical(restored, training_state(1))

@@ -309,3 +309,20 @@ def test_lora_save_load_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="not a LoRA adapter"):
         lora.apply(base, {"model/h0/attn/c_attn/w:0": base["model/h0/attn/c_attn/w:0"]})
     np.testing.assert_equal(lora.count(adapters), sum(v.numel() for v in adapters.values()))
+
+
+def test_the_walk_through_runs_as_a_module():
+    """gpt1f/examples/research.py (a jupytext percent notebook) runs top to bottom."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "gpt1f.examples.research"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in ("per-example gradient norms:", "epsilon at delta 1e-5:", "one loss per seed:",
+                 "LoRA loss after 3 updates:"):
+        assert line in done.stdout, done.stdout

@@ -1,0 +1,1 @@
+"""Notebook-style walk-throughs, runnable as modules (``python -m gpt1f.examples.NAME``)."""
