@@ -34,6 +34,7 @@ import torch
 import gpt1f
 
 from . import common
+from .bench_train import transformers_available
 
 PROMPT_LEN, NEW_TOKENS, TOP_K = 64, 256, 40
 BATCHES, MODES = (1, 8), ("greedy", "top_k")
@@ -198,14 +199,6 @@ def compare_run(procs: dict, batch: int, mode: str, *, new_tokens: int, peer_new
         if "gpt1f_compiled" in firsts:
             out["compiled_equals_eager"] = firsts["gpt1f_compiled"]["tokens"] == firsts["gpt1f"]["tokens"]
     return out
-
-
-def transformers_available() -> bool:
-    try:
-        import transformers  # noqa: F401
-        return True
-    except Exception:
-        return False
 
 
 def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int | None = None,

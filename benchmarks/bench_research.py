@@ -1,11 +1,12 @@
 """The research transforms' costs: N seeds in one vmapped step against N single steps, and LoRA
 against full fine-tuning.
 
-Each side runs in its own interpreter (:class:`benchmarks.common.StepProcess`), stepped in turn
-after one untimed first step; the peak RSS of each side is read in that fresh process right after
-its first step. The model is the 117M one (random weights: speed does not depend on them) on the
-ROCStories batch shape, 8 stories x 2 endings x 77 tokens, fp32, eager (the CPU default of
-``train_rocstories.py``), ``--quick`` a tiny config.
+Each side runs in its own interpreter (:class:`benchmarks.common.StepProcess`); the two sides of a
+comparison are stepped in turn after one untimed first step, one comparison at a time. The peak RSS
+of each side is read in its fresh process right after that first step. The model is the 117M one
+(random weights: speed does not depend on them) on the ROCStories batch shape, 8 stories x 2
+endings x 77 tokens, fp32, eager (the CPU default of ``train_rocstories.py``), ``--quick`` a tiny
+config.
 
 - ``ensemble``: one ``gpt1f.ensemble.make_ensemble_step`` update of N runs; ``single``: N
   ``gpt1f.train_step`` updates one after the other (the same work).
@@ -28,6 +29,7 @@ from benchmarks.common import (StepProcess, interleaved, machine_info, peak_rss_
 from gpt1f import ensemble, lora
 
 SIDES = ("ensemble", "single", "lora", "full")
+PAIRS = (("ensemble", "single"), ("lora", "full"))       # compared within a pair, in turn
 
 
 def config(quick: bool) -> gpt1f.Config:
@@ -106,13 +108,17 @@ def main(argv=None) -> dict:
         return {}
     flags = [*(["--quick"] if args.quick else []), "--seeds", str(args.seeds),
              "--threads", str(args.threads)]
-    sides = {s: StepProcess("benchmarks.bench_research", [*flags, "--child", s]) for s in SIDES}
-    try:
-        times = interleaved(sides, warmup=0, steps=args.steps, device=torch.device("cpu"))
-    finally:
-        infos = {s: proc.info for s, proc in sides.items()}
-        for proc in sides.values():
-            proc.close()
+    times, infos = {}, {}
+    for pair in PAIRS:          # one pair at a time: four 117M sides at once do not fit in 24 GiB
+        sides = {}
+        try:
+            for s in pair:
+                sides[s] = StepProcess("benchmarks.bench_research", [*flags, "--child", s])
+            times.update(interleaved(sides, warmup=0, steps=args.steps, device=torch.device("cpu")))
+        finally:
+            infos.update({s: proc.info for s, proc in sides.items()})
+            for proc in sides.values():
+                proc.close()
     cfg = config(args.quick)
     result = {
         "benchmark": "research", "config": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
