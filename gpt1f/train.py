@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .checks import check_inputs, check_lm_coef
+from .checks import check_inputs, check_key, check_lm_coef, check_tokens
 from .config import Config
 from .loss import loss_and_parts
 from .optim import AdamState, Optimizer, global_norm
@@ -131,8 +131,11 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     graph = torch.compile(step, fullgraph=True, **compile_kwargs)
 
     def compiled(params, opt_state, batch, key):
-        model_params = params if transform is None else transform(params)
-        check_inputs(model_params, batch["tokens"], cfg=cfg, key=key)   # values: outside the graph
+        if transform is None:                                    # values: outside the graph
+            check_inputs(params, batch["tokens"], cfg=cfg, key=key)
+        else:                       # params are what is trained (e.g. adapters): tokens and key
+            check_tokens(batch["tokens"], cfg)
+            check_key(key)
         return graph(params, opt_state, batch, key)
 
     if opt.config.nonfinite != "raise":

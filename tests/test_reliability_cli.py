@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -186,11 +187,31 @@ def test_sigint_ends_with_one_line_naming_the_last_checkpoint(tmp_path, vocab_ar
     proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = tmp_path / "save" / "int" / "latest"
-    deadline = time.time() + 120
-    while not checkpoint.steps(latest) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    # The run's own word that epoch 1 is evaluated (its updates saved, --save_every 1), read from
+    # its stdout as it comes; both pipes are drained meanwhile so the child never blocks on them.
+    evaluated, out_lines, err_lines = threading.Event(), [], []
+
+    def drain(pipe, lines, on_line=None):
+        for line in pipe:
+            lines.append(line)
+            if on_line:
+                on_line(line)
+
+    def on_stdout(line):
+        if line.startswith("1 "):                    # "n_epochs n_updates tr_cost ..." of epoch 1
+            evaluated.set()
+
+    readers = [threading.Thread(target=drain, args=(proc.stdout, out_lines, on_stdout)),
+               threading.Thread(target=drain, args=(proc.stderr, err_lines))]
+    for reader in readers:
+        reader.start()
+    assert evaluated.wait(timeout=180), "".join(err_lines)[-3000:]
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    for reader in readers:
+        reader.join(timeout=30)
+    err = "".join(err_lines)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     last = [line for line in err.splitlines() if line.strip()][-1]
