@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from .optim import AdamState, Optimizer
-from .per_example import batch_size, per_example_grads
+from .per_example import batch_size, per_example_grads_and_losses
 from .random import fold_in, normal, uniform
 
 Params = dict[str, torch.Tensor]
@@ -83,7 +83,8 @@ def dp_train_step(params: Params, opt_state: AdamState, batch: Batch, key: torch
                   ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """One DP-SGD update of ``opt`` on a (Poisson-sampled) ``batch``; ``loss(params, batch, key=)``
     as for :func:`gpt1f.per_example.per_example_grads`. A batch with no examples is allowed (the
-    update is then noise alone). Metrics: ``loss`` (mean over the examples, 0 if none),
+    update is then noise alone). Metrics: ``loss`` (the mean of the examples' own losses, with
+    their own dropout keys, as differentiated; 0 if none),
     ``grad_norm`` (of the noisy mean), ``clipped`` (fraction of examples clipped), ``n``."""
     dp.check()
     if opt.config.max_grad_norm > 0:
@@ -92,9 +93,9 @@ def dp_train_step(params: Params, opt_state: AdamState, batch: Batch, key: torch
     n = batch_size(batch)
     example_key, noise_key = fold_in(key, PER_EXAMPLE_TAG), fold_in(key, NOISE_TAG)
     if n:
-        per_example = per_example_grads(loss, params, batch, example_key, chunk_size=chunk_size)
-        with torch.no_grad():
-            mean_loss = loss(params, batch, key=example_key)
+        per_example, losses = per_example_grads_and_losses(loss, params, batch, example_key,
+                                                           chunk_size=chunk_size)
+        mean_loss = losses.mean()
     else:
         per_example = {k: p.new_zeros((0, *p.shape)) for k, p in params.items()}
         mean_loss = next(iter(params.values())).new_zeros(())

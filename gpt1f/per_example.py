@@ -33,14 +33,11 @@ def example_keys(key: torch.Tensor | None, n: int) -> torch.Tensor | None:
     return None if key is None else split(key, n)
 
 
-def per_example_grads(loss: Callable, params: Params, batch: Batch, key: torch.Tensor | None = None,
-                      *, chunk_size: int | None = None) -> Params:
-    """``{name: [B, *shape]}``: the gradient of ``loss`` for every example of ``batch``.
-
-    ``loss(params, batch, key=key) -> []`` is any head's training loss over a batch (for example
-    ``functools.partial(gpt1f.loss_fn, cfg=cfg, train=True)``); it is called on batches of one.
-    ``key=None`` runs it without a key (``train=False`` losses).
-    """
+def per_example_grads_and_losses(loss: Callable, params: Params, batch: Batch,
+                                 key: torch.Tensor | None = None, *, chunk_size: int | None = None
+                                 ) -> tuple[Params, torch.Tensor]:
+    """``({name: [B, *shape]}, losses [B])``: each example's gradient and its loss, from one
+    forward and backward per example (see :func:`per_example_grads`)."""
     n = batch_size(batch)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -49,6 +46,17 @@ def per_example_grads(loss: Callable, params: Params, batch: Batch, key: torch.T
     def one(p: Params, example: Batch, k) -> torch.Tensor:
         return loss(p, {name: v.unsqueeze(0) for name, v in example.items()}, key=k)
 
-    grad_one = torch.func.grad(one)
+    grad_one = torch.func.grad_and_value(one)
     in_dims = (None, 0, None if keys is None else 0)
     return torch.func.vmap(grad_one, in_dims=in_dims, chunk_size=chunk_size)(params, batch, keys)
+
+
+def per_example_grads(loss: Callable, params: Params, batch: Batch, key: torch.Tensor | None = None,
+                      *, chunk_size: int | None = None) -> Params:
+    """``{name: [B, *shape]}``: the gradient of ``loss`` for every example of ``batch``.
+
+    ``loss(params, batch, key=key) -> []`` is any head's training loss over a batch (for example
+    ``functools.partial(gpt1f.loss_fn, cfg=cfg, train=True)``); it is called on batches of one.
+    ``key=None`` runs it without a key (``train=False`` losses).
+    """
+    return per_example_grads_and_losses(loss, params, batch, key, chunk_size=chunk_size)[0]

@@ -130,6 +130,8 @@ def test_without_noise_and_with_a_large_clip_the_update_is_the_plain_one():
     for k in params:
         torch.testing.assert_close(private[k], plain[k], rtol=1e-12, atol=1e-14, msg=k)
     assert metrics["clipped"].item() == 0 and metrics["n"].item() == 4
+    batch_loss = loss(params, batch, key=gpt1f.random.key(0))      # no dropout: keys do not matter
+    assert metrics["loss"].item() == pytest.approx(batch_loss.item(), rel=1e-12)
 
 
 def test_dp_step_refuses_optimizer_clipping_and_takes_an_empty_batch():
