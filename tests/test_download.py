@@ -57,16 +57,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.files, srv.modes, srv.log, srv.dropped = {}, {}, [], {}
+def local_server(handler, **state):
+    """A threaded HTTP server on 127.0.0.1 serving ``handler`` in the background, with ``state``
+    set on it and ``url`` its ``/model/`` folder; yields it, then shuts it down (for fixtures)."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    for name, value in state.items():
+        setattr(srv, name, value)
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/model/"
     thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture
+def server():
+    yield from local_server(Handler, files={}, modes={}, log=[], dropped={})
 
 
 def serve(srv, files: dict[str, bytes]) -> dict[str, str]:

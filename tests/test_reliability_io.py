@@ -25,6 +25,7 @@ from gpt1f.hf import load_hf, save_hf
 from gpt1f.openai_release import load_openai, read_shapes, save_openai
 from gpt1f.rocstories import DataError, read_cloze_csv, write_synthetic_csv
 from gpt1f.text.vocab import VocabularyError, load_vocabulary
+from tests.test_download import local_server
 from tests.conftest import ROOT
 
 CFG = Config.tiny()
@@ -63,15 +64,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.log = []
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/model/"
-    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    yield from local_server(Handler, daemon_threads=True, log=[])
 
 
 def env():
