@@ -1,0 +1,1 @@
+"""Fine-tuning on every task of the paper: the tasks, their data, and one training loop."""
