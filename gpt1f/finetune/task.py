@@ -88,3 +88,16 @@ class Task:
     def primary(self) -> str:
         """The metric that picks the best checkpoint (higher is better)."""
         return self.metrics[0]
+
+
+class Data(NamedTuple):
+    """A task's splits as arrays, ready for the loop.
+
+    ``splits[name]`` for ``train``, ``valid`` and optionally ``test``: ``tokens`` int64 and ``mask``
+    float32 of shape [N, T] (classification, entailment) or [N, C, T] (multiple choice: C choices;
+    similarity: C = 2 orders), ``label`` [N] (see ``TextSplit``) or None. ``n_vocab``: BPE tokens
+    (the specials follow them); ``n_ctx``: T, the longest example over every split.
+    """
+    splits: dict[str, dict[str, np.ndarray | None]]
+    n_vocab: int
+    n_ctx: int
