@@ -239,9 +239,11 @@ def fine_tune(task: Task, data: Data, cfg: Config, s: Settings, lanes: list[Lane
             ensure_finite(params, lane.run, at)
             entry = log_entry(task, scorer, params, splits, batch=batch, cast=cast,
                               n_updates=at.n_updates, n_epochs=n_epochs)
-            if s.dp:
-                entry["epsilon"] = dp.epsilon(noise=s.dp.noise, sample_rate=batch / n_train,
-                                              steps=at.n_updates, delta=s.dp.delta)
+            if s.dp:                               # the privacy spent so far, before "time"
+                entry = {**{k: v for k, v in entry.items() if k != "time"},
+                         "epsilon": dp.epsilon(noise=s.dp.noise, sample_rate=batch / n_train,
+                                               steps=at.n_updates, delta=s.dp.delta),
+                         "time": entry["time"]}
             p.history.append(entry)
             append_log(lane.run.log, entry)
             tqdm.write(" ".join(f"{v:.3f}" if isinstance(v, float) and "cost" in k else
@@ -323,6 +325,9 @@ def finish(task, scorer, trainer, lane: Lane, p: Progress, state, base, splits, 
             write_predictions(lane.run.submission, prediction_strings(task, logits))
         if test["label"] is not None:
             scores = metrics.evaluate(task, logits, test["label"].cpu().numpy())
+    if s.lora:
+        lora.save(best["adapters"], lane.run.latest.parent / "adapters", rank=s.lora.rank,
+                  targets=s.lora.targets)
     if s.plot:
         plot_history(p.history, lane.run.plot, task.primary)
     return Result(lane.seed, p.best_score, scores, p.history, step_seconds,
