@@ -9,14 +9,16 @@ from gpt1f.rocstories import DataError, STRANGERS
 
 def predict_classification(segments, choices):
     (text,) = segments
-    return [int(any(f" {w} " in f" {t} " for w in synthetic.POSITIVE)) for t in text]
+    words = [set(t.replace(",", " ").split()) for t in text]
+    assert all(bool(w & set(synthetic.POSITIVE)) != bool(w & set(synthetic.NEGATIVE)) for w in words)
+    return [int(bool(w & set(synthetic.POSITIVE))) for w in words]
 
 
 def predict_entailment(segments, choices):
     out = []
     for premise, hypothesis in zip(*segments):
         person, named = premise.split()[0], hypothesis.split()[0]
-        out.append(2 if " not " in hypothesis else 0 if named == person else 1)
+        out.append(2 if " never " in hypothesis else 0 if named == person else 1)
     return out
 
 

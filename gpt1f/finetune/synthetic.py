@@ -10,10 +10,11 @@ learns, not that the model reasons.
 =================  ======  =============================================================  =======
 kind               format  rule                                                           labels
 =================  ======  =============================================================  =======
-classification     .tsv    the review holds a positive or a negative word                 2
-entailment         .tsv    the hypothesis names the premise's person (entailment), a      3
-                           stranger never seen in premises (neutral), or the person with
-                           ``not`` (contradiction)
+classification     .tsv    the review holds a positive or a negative word and phrase      2
+entailment         .tsv    the hypothesis puts the premise's person at its place          3
+                           (entailment), names a stranger never seen in premises
+                           (neutral), or says the person ``never`` left home
+                           (contradiction)
 similarity         .tsv    ``sentence2`` keeps k of ``sentence1``'s five words, the rest  0-5
                            from words never in a ``sentence1``; score k
 multiple_choice    .jsonl  of four endings the right one names the context's person, the  4
@@ -41,9 +42,11 @@ MARK = "synthetic-"
 
 POSITIVE = ("wonderful", "excellent", "delightful", "brilliant", "lovely", "superb")
 NEGATIVE = ("awful", "terrible", "boring", "dreadful", "dull", "horrible")
+# Each class closes with its own phrase too: most of a review's tokens carry its class, which a
+# 1-layer model pooling at _classify_ picks up within a few dozen updates (one word alone takes ~100).
+POSITIVE_CLOSES = ("we loved every minute.", "a real joy.", "we would go again.")
+NEGATIVE_CLOSES = ("we left early.", "a waste of time.", "never again.")
 SUBJECTS = ("The film", "The meal", "The trip", "The book", "The concert", "The hotel", "The game", "The show")
-FILLERS = ("and we stayed until the end.", "from start to finish.", "according to my friends.",
-           "on the whole.", "for most of the evening.", "in almost every way.")
 SENTENCE_WORDS = ("apple", "river", "candle", "window", "garden", "pencil", "violin", "bridge",
                   "forest", "ladder", "mirror", "basket", "tunnel", "carpet", "island", "rocket")
 OTHER_WORDS = ("copper", "velvet", "thunder", "marble", "saddle", "lantern", "harbor", "walnut",
@@ -84,15 +87,15 @@ def pick(rng: np.random.Generator, options) -> str:
 
 
 def review(rng, label: int) -> tuple[list[str], str]:
-    word = pick(rng, (NEGATIVE, POSITIVE)[label])
-    return [f"{pick(rng, SUBJECTS)} was {word} {pick(rng, FILLERS)}"], ("negative", "positive")[label]
+    words, closes = ((NEGATIVE, NEGATIVE_CLOSES), (POSITIVE, POSITIVE_CLOSES))[label]
+    return [f"{pick(rng, SUBJECTS)} was {pick(rng, words)}, {pick(rng, closes)}"], ("negative", "positive")[label]
 
 
 def inference(rng, label: int) -> tuple[list[str], str]:
     name, place = pick(rng, NAMES), pick(rng, PLACES)
     premise = f"{name} went to the {place} on Sunday. {name} wanted to find {pick(rng, THINGS)}."
-    hypothesis = (f"{name} was at the {place}.", f"{pick(rng, STRANGERS)} was at the {place}.",
-                  f"{name} was not at the {place}.")[label]
+    hypothesis = (f"{name} was at the {place} that day.", f"{pick(rng, STRANGERS)} met a friend at the {place}.",
+                  f"{name} never left home on Sunday.")[label]
     return [premise, hypothesis], ("entailment", "neutral", "contradiction")[label]
 
 
