@@ -199,13 +199,13 @@ class Rows:
         self.source: list[str] = []
         self.skipped: dict[str, list[int]] = {}
 
-    def add(self, line: int, texts: Sequence[str], choices: Sequence[str] | None, label) -> None:
+    def add(self, source: str, texts: Sequence[str], choices: Sequence[str] | None, label) -> None:
         for segment, text in zip(self.segments, texts):
             segment.append(text)
         if choices is not None:
             self.choices.append(list(choices))
         self.labels.append(label)
-        self.source.append(f"{self.path}:{line}")
+        self.source.append(source)
 
     def skip(self, line: int, reason: str) -> None:
         self.skipped.setdefault(reason, []).append(line)
@@ -285,7 +285,7 @@ def read_delimited(path, columns: Columns, parse_label: LabelParser | None, *, d
         if label is SKIP:
             rows.skip(line, f"{columns.label} {fields[label_at]!r}")
             continue
-        rows.add(line, texts, choices if columns.choices else None, label)
+        rows.add(f"{path}:{line}", texts, choices if columns.choices else None, label)
     return rows.split(labelled=labelled, multiple_choice=bool(columns.choices), log=log)
 
 
@@ -312,7 +312,7 @@ def read_jsonl(path, columns: Columns, parse_label: LabelParser | None, *, requi
         if label is SKIP:
             rows.skip(line, f"{columns.label} {record[columns.label]!r}")
             continue
-        rows.add(line, texts, choices, label)
+        rows.add(f"{path}:{line}", texts, choices, label)
     return rows.split(labelled=bool(labelled), multiple_choice=bool(columns.choices), log=log)
 
 
@@ -598,11 +598,7 @@ def read_race_file(path: pathlib.Path, rows: Rows) -> None:
         choices = [text_field(c, f"{where}: options[{k}]") for k, c in enumerate(choices)]
         if answer not in RACE_LETTERS:
             raise DataError(f"{where}: unknown answer {answer!r}; allowed: {', '.join(RACE_LETTERS)}")
-        rows.segments[0].append(context)
-        rows.segments[1].append(question)
-        rows.choices.append(choices)
-        rows.labels.append(RACE_LETTERS.index(answer))
-        rows.source.append(where)
+        rows.add(where, (context, question), choices, RACE_LETTERS.index(answer))
 
 
 def read_race(folder, *, levels: Sequence[str] = RACE_LEVELS, log: Log = log_to_stderr) -> dict[str, TextSplit]:
