@@ -16,6 +16,7 @@ gives exactly ``gpt1f.rocstories.transform``'s arrays.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -115,7 +116,8 @@ def example_rows(split: EncodedSplit, kind: str, i: int) -> list[list[Ids]]:
 
 def row_lengths(rows: list[list[Ids]], kind: str, n_ctx: int, max_len: int | None) -> list[list[int]]:
     """Kept tokens per segment of each row. Similarity cuts both orders alike, so the rows stay
-    each other's swap."""
+    each other's swap; multiple choice cuts each choice's row on its own, so a long answer costs
+    context in its own row only."""
     budget = n_ctx - sum(isinstance(slot, str) for slot in LAYOUTS[kind])
     if kind == "similarity":
         kept = truncate([len(s) for s in rows[0]], budget, max_len=max_len)
@@ -147,13 +149,13 @@ def transform_split(split: EncodedSplit, kind: str, special: dict[str, int], *, 
 def pad(examples: list[list[Ids]], n_rows: int, n_ctx: int, *, squeeze: bool) -> tuple[np.ndarray, np.ndarray]:
     """``tokens`` int64 (0 after each row's end) and ``mask`` float32 (1 on real tokens), shaped
     [N, n_rows, n_ctx], or [N, n_ctx] when ``squeeze`` (one row per example)."""
-    tokens = np.zeros((len(examples), n_rows, n_ctx), dtype=np.int64)
-    mask = np.zeros((len(examples), n_rows, n_ctx), dtype=np.float32)
-    for i, rows in enumerate(examples):
-        for r, row in enumerate(rows):
-            tokens[i, r, :len(row)] = row
-            mask[i, r, :len(row)] = 1.0
-    return (tokens[:, 0], mask[:, 0]) if squeeze else (tokens, mask)
+    rows = [row for example in examples for row in example]               # [N * n_rows] id lists
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    real = np.arange(n_ctx) < lengths[:, None]                            # [N * n_rows, n_ctx]
+    tokens = np.zeros(real.shape, dtype=np.int64)
+    tokens[real] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    shape = (len(examples), n_ctx) if squeeze else (len(examples), n_rows, n_ctx)
+    return tokens.reshape(shape), real.astype(np.float32).reshape(shape)
 
 
 # ---------------------------------------------------------------- checks and the entry point
@@ -198,6 +200,9 @@ def prepare_data(task: Task, splits: dict[str, TextSplit], encoder, *, n_ctx: in
     Returns ``Data`` (tokens/mask [N, T] or [N, C, T], see ``task.Data``) and the number of
     examples of each split that lost tokens to fit.
     """
+    missing = [name for name in ("_start_", "_delimiter_", "_classify_") if name not in encoder.special]
+    if missing:
+        raise ValueError(f"the encoder's special tokens {encoder.special} lack {missing}")
     for name, split in splits.items():
         check_split(task, name, split)
     rows, trimmed = {}, {}
