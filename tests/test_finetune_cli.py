@@ -16,7 +16,7 @@ from gpt1f import checkpoint, optim
 from gpt1f.finetune import cli
 from gpt1f.finetune.task import Task
 from tests.conftest import ROOT
-from tests.test_train_rocstories import dirs, read_log, run_in_process, without_time
+from tests.test_train_rocstories import dirs, read_log, without_time
 
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "4", "--n_transfer", "-1", "--n_batch", "8",
         "--accum", "2", "--lm_coef", "0", "--embd_pdrop", "0", "--threads", "1"]
@@ -27,6 +27,12 @@ LEARNS = {"classification": ("1e-2", "acc", 80.0, 50.0),
           "entailment": ("1e-2", "acc", 60.0, 100 / 3),
           "similarity": ("1e-2", "pearson", 50.0, 0.0),
           "multiple_choice": ("2e-2", "acc", 60.0, 25.0)}
+
+
+def run_in_process(capsys, argv):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def finetune_process(argv):
@@ -141,7 +147,7 @@ def test_bad_files_exit_2_naming_the_line_and_write_nothing(tmp_path, capsys, co
     (["--task", "similarity", "--dataset", "synthetic", "--train", "x"], "writes its own files"),
     (["--task", "entailment", "--train", "missing.tsv", "--valid", "missing.tsv", "--text_cols",
       "a,b"], "missing.tsv"),
-    (["--task", "stsb", "--data_dir", "nowhere"], "nowhere"),
+    (["--task", "stsb"], "expected GLUE's STS-B folder"),
 ])
 def test_bad_task_flags(tmp_path, capsys, argv, message):
     code, _, err = run_in_process(capsys, [*argv, *TINY, *dirs(tmp_path)])
