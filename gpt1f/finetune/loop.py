@@ -126,9 +126,13 @@ class Result(NamedTuple):
     examples_per_s: float
 
 
+@functools.lru_cache(maxsize=16)
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The training order of ``epoch``: a permutation [n], a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The training order of ``epoch``: a permutation [n], a pure function of (seed, epoch)
+    (cached: every update of the epoch slices it; read-only)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def make_optimizer(s: Settings, t_total: int) -> optim.Optimizer:
@@ -208,6 +212,26 @@ def _with_lr(raw: Callable, opt: optim.Optimizer) -> Callable:
 
 # ---------------------------------------------------------------- one run of one or more lanes
 
+class Job(NamedTuple):
+    """What stays fixed while a run trains: the task, its settings, data, step and scorer."""
+    task: Task
+    s: Settings
+    lanes: list[Lane]
+    trainer: Trainer
+    scorer: Callable
+    splits: dict[str, dict[str, torch.Tensor | None]]
+    base: list[dict]            # each lane's initial parameters (LoRA's frozen base)
+    keys: list[torch.Tensor]    # each lane's root key
+    cast: object                # the autocast context of --dtype
+    n_batches: int              # updates an epoch
+
+
+@dataclasses.dataclass
+class Clock:
+    step_seconds: float = 0.0   # in train steps only
+    examples: int = 0
+
+
 def fine_tune(task: Task, data: Data, cfg: Config, s: Settings, lanes: list[Lane], *,
               initial_params: Callable[[int], dict]) -> list[Result]:
     """Train every lane from its initial (or resumed) state; evaluate, log and checkpoint as TF.
@@ -215,112 +239,117 @@ def fine_tune(task: Task, data: Data, cfg: Config, s: Settings, lanes: list[Lane
     ``initial_params(seed)``: a lane's parameters before fine-tuning (pre-trained or drawn), on
     any device. Lanes run together when ``s.vmap_seeds``, else there is one.
     """
-    device = torch.device(s.device)
-    cast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16")
-    splits = {name: {k: None if v is None else torch.as_tensor(v, device=device)
-                     for k, v in split.items()} for name, split in data.splits.items()}
-    train = splits["train"]
-    n_train, batch = len(train["label"]), s.batch
-    n_batches = n_train // batch                       # the last partial batch is dropped, as TF
-    opt = make_optimizer(s, t_total=n_batches * s.n_iter)
-    base = [to_device(initial_params(lane.seed), device) for lane in lanes]
-    trainer = make_trainer(task, cfg, opt, s, base[0] if s.lora else None, n_train)
-    scorer = make_scorer(task, cfg, s.compile)
-    keys = [make_key(lane.seed, device=device) for lane in lanes]
-
-    states, progress = start(trainer, s, lanes, base, device)
-    for lane, p in zip(lanes, progress):
-        write_log(lane.run.log, lane.header, p.history)
-    at = progress[0]
-
-    def evaluate(n_epochs: int) -> None:
-        for i, (lane, p) in enumerate(zip(lanes, progress)):
-            params = trainer.model(lane_state(states, i, s), base[i])
-            ensure_finite(params, lane.run, at)
-            entry = log_entry(task, scorer, params, splits, batch=batch, cast=cast,
-                              n_updates=at.n_updates, n_epochs=n_epochs)
-            if s.dp:                               # the privacy spent so far, before "time"
-                entry = {**{k: v for k, v in entry.items() if k != "time"},
-                         "epsilon": dp.epsilon(noise=s.dp.noise, sample_rate=batch / n_train,
-                                               steps=at.n_updates, delta=s.dp.delta),
-                         "time": entry["time"]}
-            p.history.append(entry)
-            append_log(lane.run.log, entry)
-            tqdm.write(" ".join(f"{v:.3f}" if isinstance(v, float) and "cost" in k else
-                                f"{v:.2f}" if isinstance(v, float) else str(v)
-                                for k, v in entry.items() if k != "time"))
-            score = entry[f"va_{task.primary}"]
-            if score > p.best_score:
-                p.best_score = score
-                checkpoint.save(lane.run.best, at.n_updates,
-                                {trainer.trained: lane_state(states, i, s)[trainer.trained]},
-                                {"n_epochs": n_epochs, "n_updates": at.n_updates,
-                                 f"va_{task.primary}": score},
-                                max_to_keep=1, replace=True)   # a resumed run may redo this step
-
-    def save_latest() -> None:
-        for i, (lane, p) in enumerate(zip(lanes, progress)):
-            p.n_updates, p.epoch, p.position = at.n_updates, at.epoch, at.position
-            state = lane_state(states, i, s)
-            ensure_finite(state[trainer.trained], lane.run, at)
-            meta = {"progress": dataclasses.asdict(p), "seed": lane.seed, "header": lane.header,
-                    "fingerprint": lane.fingerprint}
-            checkpoint.save(lane.run.latest, at.n_updates, state, meta)
-
-    step_seconds, trained = 0.0, 0
+    job = setup(task, data, cfg, s, lanes, initial_params)
+    states, progress = start(job)
+    at, clock = progress[0], Clock()       # the lanes advance together: lane 0 tells where
     try:
         while at.epoch < s.n_iter:
-            orders = [torch.as_tensor(epoch_order(lane.seed, at.epoch, n_train), device=device)
-                      for lane in lanes]
-            bar = tqdm(range(at.position, n_batches), initial=at.position, total=n_batches,
+            bar = tqdm(range(at.position, job.n_batches), initial=at.position, total=job.n_batches,
                        desc=f"epoch {at.epoch + 1}/{s.n_iter}", unit="update", leave=False)
             for b in bar:
-                if s.dp:
-                    rows = [dp.poisson_sample(fold_in(fold_in(k, SAMPLING_TAG), at.n_updates),
-                                              n_train, batch / n_train) for k in keys]
-                else:
-                    rows = [order[b * batch:(b + 1) * batch] for order in orders]
-                step_keys = [fold_in(k, at.n_updates) for k in keys]
-                tick = time.perf_counter()
-                with cast:
-                    states, out = trainer.step(states, *lane_inputs(train, rows, step_keys, s))
-                losses, lrs, skipped = (torch.atleast_1d(out[k].double()) for k in
-                                        ("loss", "lr", "nonfinite"))
-                losses, lr, skipped = losses.tolist(), float(lrs[0]), skipped.tolist()
-                seconds = time.perf_counter() - tick
-                step_seconds, trained = step_seconds + seconds, trained + sum(map(len, rows))
-                at.n_updates, at.position = at.n_updates + 1, b + 1
-                for lane, loss, skip in zip(lanes, losses, skipped):
-                    check_update(lane, loss, skip, lr, at)
-                bar.set_postfix(loss=f"{np.mean(losses):.3f}", lr=f"{lr:.2e}",
-                                ex_s=f"{batch * len(lanes) / seconds:.0f}")
+                states = update(job, states, at, b, clock, bar)
                 if at.n_updates in LOG_AT_UPDATES and at.epoch == 0:
-                    evaluate(n_epochs=0)
-                if s.save_every and at.n_updates % s.save_every == 0 and b + 1 < n_batches:
-                    save_latest()
+                    evaluate(job, states, progress, n_epochs=0)
+                if s.save_every and at.n_updates % s.save_every == 0 and b + 1 < job.n_batches:
+                    save_latest(job, states, progress)
             bar.close()
             at.epoch, at.position = at.epoch + 1, 0
-            evaluate(n_epochs=at.epoch)
-            save_latest()
+            evaluate(job, states, progress, n_epochs=at.epoch)
+            save_latest(job, states, progress)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted at update {at.n_updates}. {resume_hint(lanes[0].run)}") from None
-
-    results = []
-    for i, (lane, p) in enumerate(zip(lanes, progress)):
-        results.append(finish(task, scorer, trainer, lane, p, lane_state(states, i, s), base[i],
-                              splits, batch, cast, s, step_seconds, trained // len(lanes)))
-    return results
+    return [finish(job, i, lane_state(states, i, s), p, clock) for i, p in enumerate(progress)]
 
 
-def finish(task, scorer, trainer, lane: Lane, p: Progress, state, base, splits, batch, cast,
-           s: Settings, step_seconds: float, trained: int) -> Result:
-    """The best parameters' test predictions (file, metrics) and the plot of one lane."""
-    ensure_finite(state[trainer.trained], lane.run, p)
-    best, _ = checkpoint.restore(lane.run.best, {trainer.trained: state[trainer.trained]})
-    test, scores = splits.get("test"), None
+def setup(task: Task, data: Data, cfg: Config, s: Settings, lanes: list[Lane],
+          initial_params: Callable[[int], dict]) -> Job:
+    device = torch.device(s.device)
+    splits = {name: {k: None if v is None else torch.as_tensor(v, device=device)
+                     for k, v in split.items()} for name, split in data.splits.items()}
+    n_train = len(splits["train"]["label"])
+    n_batches = n_train // s.batch                     # the last partial batch is dropped, as TF
+    opt = make_optimizer(s, t_total=n_batches * s.n_iter)
+    base = [to_device(initial_params(lane.seed), device) for lane in lanes]
+    return Job(task, s, lanes, make_trainer(task, cfg, opt, s, base[0] if s.lora else None, n_train),
+                make_scorer(task, cfg, s.compile), splits, base,
+                [make_key(lane.seed, device=device) for lane in lanes],
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"), n_batches)
+
+
+def update(job: Job, states, at: Progress, b: int, clock: Clock, bar) -> object:
+    """Update ``b`` of the epoch in progress on every lane; ``at`` moves on; the one host sync."""
+    s, train = job.s, job.splits["train"]
+    n_train = len(train["label"])
+    if s.dp:
+        rows = [dp.poisson_sample(fold_in(fold_in(k, SAMPLING_TAG), at.n_updates), n_train,
+                                  s.batch / n_train) for k in job.keys]
+    else:
+        rows = [torch.as_tensor(epoch_order(lane.seed, at.epoch, n_train)[b * s.batch:(b + 1) * s.batch],
+                                device=train["tokens"].device) for lane in job.lanes]
+    step_keys = [fold_in(k, at.n_updates) for k in job.keys]
+    tick = time.perf_counter()
+    with job.cast:
+        states, out = job.trainer.step(states, *lane_inputs(train, rows, step_keys, s))
+    losses, lrs, skipped = (torch.atleast_1d(out[k].double()).tolist() for k in ("loss", "lr", "nonfinite"))
+    seconds = time.perf_counter() - tick
+    clock.step_seconds, clock.examples = clock.step_seconds + seconds, clock.examples + sum(map(len, rows))
+    at.n_updates, at.position = at.n_updates + 1, b + 1
+    for lane, loss, skip in zip(job.lanes, losses, skipped):
+        check_update(lane, loss, skip, lrs[0], at)
+    bar.set_postfix(loss=f"{np.mean(losses):.3f}", lr=f"{lrs[0]:.2e}",
+                    ex_s=f"{s.batch * len(job.lanes) / seconds:.0f}")
+    return states
+
+
+def evaluate(job: Job, states, progress: list[Progress], n_epochs: int) -> None:
+    """Every lane's log line; a lane's best valid score so far is kept as its ``best`` checkpoint."""
+    task, s, at = job.task, job.s, progress[0]
+    n_train = len(job.splits["train"]["label"])
+    for i, (lane, p) in enumerate(zip(job.lanes, progress)):
+        state = lane_state(states, i, s)
+        params = job.trainer.model(state, job.base[i])
+        ensure_finite(params, lane.run, at)
+        entry = log_entry(task, job.scorer, params, job.splits, batch=s.batch, cast=job.cast,
+                          n_updates=at.n_updates, n_epochs=n_epochs)
+        if s.dp:                                   # the privacy spent so far, before "time"
+            entry = {**{k: v for k, v in entry.items() if k != "time"},
+                     "epsilon": dp.epsilon(noise=s.dp.noise, sample_rate=s.batch / n_train,
+                                           steps=at.n_updates, delta=s.dp.delta),
+                     "time": entry["time"]}
+        p.history.append(entry)
+        append_log(lane.run.log, entry)
+        tqdm.write(" ".join(f"{v:.3f}" if isinstance(v, float) and "cost" in k else
+                            f"{v:.2f}" if isinstance(v, float) else str(v)
+                            for k, v in entry.items() if k != "time"))
+        score = entry[f"va_{task.primary}"]
+        if score > p.best_score:
+            p.best_score = score
+            checkpoint.save(lane.run.best, at.n_updates, {job.trainer.trained: state[job.trainer.trained]},
+                            {"n_epochs": n_epochs, "n_updates": at.n_updates, f"va_{task.primary}": score},
+                            max_to_keep=1, replace=True)   # a resumed run may redo this step
+
+
+def save_latest(job: Job, states, progress: list[Progress]) -> None:
+    """Every lane's state and progress as a ``latest`` checkpoint of this update."""
+    at = progress[0]
+    for i, (lane, p) in enumerate(zip(job.lanes, progress)):
+        p.n_updates, p.epoch, p.position = at.n_updates, at.epoch, at.position
+        state = lane_state(states, i, job.s)
+        ensure_finite(state[job.trainer.trained], lane.run, at)
+        meta = {"progress": dataclasses.asdict(p), "seed": lane.seed, "header": lane.header,
+                "fingerprint": lane.fingerprint}
+        checkpoint.save(lane.run.latest, at.n_updates, state, meta)
+
+
+def finish(job: Job, i: int, state, p: Progress, clock: Clock) -> Result:
+    """Lane ``i``'s test predictions with its best parameters (file, metrics), adapters, plot."""
+    task, s, lane, trained = job.task, job.s, job.lanes[i], job.trainer.trained
+    ensure_finite(state[trained], lane.run, p)
+    best, _ = checkpoint.restore(lane.run.best, {trained: state[trained]})
+    test, scores = job.splits.get("test"), None
     if test is not None:
-        logits = predict(scorer, trainer.model(best, base), test["tokens"], batch, "predict test",
-                         cast)
+        logits = predict(job.scorer, job.trainer.model(best, job.base[i]), test["tokens"], s.batch,
+                         "predict test", job.cast)
         if s.submit:
             write_predictions(lane.run.submission, prediction_strings(task, logits))
         if test["label"] is not None:
@@ -330,28 +359,31 @@ def finish(task, scorer, trainer, lane: Lane, p: Progress, state, base, splits, 
                   targets=s.lora.targets)
     if s.plot:
         plot_history(p.history, lane.run.plot, task.primary)
-    return Result(lane.seed, p.best_score, scores, p.history, step_seconds,
-                  trained / step_seconds if step_seconds else 0.0)
+    examples = clock.examples // len(job.lanes)
+    return Result(lane.seed, p.best_score, scores, p.history, clock.step_seconds,
+                  examples / clock.step_seconds if clock.step_seconds else 0.0)
 
 
 # ---------------------------------------------------------------- lanes, state, checks
 
-def start(trainer: Trainer, s: Settings, lanes: list[Lane], base: list[dict], device):
-    """Every lane's state (stacked when vmapped) and progress: resumed, or fresh."""
+def start(job: Job):
+    """Every lane's state (stacked when vmapped) and progress, resumed or fresh; its log written."""
+    s, device = job.s, job.base[0][next(iter(job.base[0]))].device
     states, progress = [], []
-    for lane, params in zip(lanes, base):
+    for lane, params in zip(job.lanes, job.base):
         if s.resume:
-            template = to_device(trainer.fresh(params, lane.seed), device)
+            template = to_device(job.trainer.fresh(params, lane.seed), device)
             state, meta = resume_state(lane.run, template)
             p = Progress(**meta["progress"])
             tqdm.write(f"resumed {lane.run.desc} at update {p.n_updates} (epoch {p.epoch + 1}, "
                        f"update {p.position})")
         else:
-            state, p = trainer.fresh(params, lane.seed), Progress()
+            state, p = job.trainer.fresh(params, lane.seed), Progress()
             for folder in (lane.run.latest, lane.run.best):
                 shutil.rmtree(folder, ignore_errors=True)   # reached only with --overwrite
         states.append(state)
         progress.append(p)
+        write_log(lane.run.log, lane.header, p.history)
     steps = {p.n_updates for p in progress}
     if len(steps) > 1:
         raise checkpoint.CheckpointError(
