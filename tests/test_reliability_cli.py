@@ -12,9 +12,10 @@ import time
 import pytest
 import torch
 
+import gpt1f.finetune.loop
 from gpt1f import checkpoint
 from tests.conftest import ROOT
-from tests.test_train_rocstories import TINY, cli, dirs, read_log, run_in_process, without_time
+from tests.test_train_rocstories import TINY, dirs, read_log, run_in_process, without_time
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_outputs_of_an_earlier_run_are_never_overwritten(tmp_path, vocab_args, c
 
 def test_non_finite_params_are_never_evaluated_saved_or_submitted(tmp_path, vocab_args, capsys,
                                                                  monkeypatch):
-    real = cli.make_train_step
+    real = gpt1f.finetune.loop.make_train_step
     n_updates = [0]
 
     def poisoned(*args, **kwargs):
@@ -126,7 +127,7 @@ def test_non_finite_params_are_never_evaluated_saved_or_submitted(tmp_path, voca
                 params = {**params, "model/clf/b:0": params["model/clf/b:0"] * math.nan}
             return params, opt_state, metrics
         return run
-    monkeypatch.setattr(cli, "make_train_step", poisoned)
+    monkeypatch.setattr(gpt1f.finetune.loop, "make_train_step", poisoned)
     argv = [*synthetic(tmp_path, "--desc", "nan", "--save_every", "2", "--submit"), *vocab_args]
     code, out, err = run_in_process(capsys, argv)
     assert code == 1, err
@@ -134,8 +135,8 @@ def test_non_finite_params_are_never_evaluated_saved_or_submitted(tmp_path, voca
     latest = tmp_path / "save" / "nan" / "latest"
     assert str(latest / "4") in err                      # the last checkpoint with finite params
     assert not (tmp_path / "sub" / "nan" / "ROCStories.tsv").exists()
-    cfg = cli.gpt1f.Config(**checkpoint.read_meta(latest)["fingerprint"]["config"])
-    template = {"params": cli.gpt1f.init_params(cfg, seed=0)}
+    cfg = gpt1f.Config(**checkpoint.read_meta(latest)["fingerprint"]["config"])
+    template = {"params": gpt1f.init_params(cfg, seed=0)}
     for folder in (latest, tmp_path / "save" / "nan" / "best"):
         for step in checkpoint.steps(folder):
             state, _ = checkpoint.restore(folder, template, step)

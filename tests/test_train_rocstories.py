@@ -393,3 +393,30 @@ def test_vocabulary_default_is_packaged_and_a_weights_dir_holding_one_overrides(
     write_vocabulary(tmp_path)
     tiny = cli.text_encoder(cli.parse_args(["--weights_dir", str(tmp_path)]))
     assert tiny.n_vocab < 1000
+
+
+# ---------------------------------------------------------------- pinned results
+
+PINNED = json.loads((ROOT / "tests" / "golden" / "rocstories_pinned_run.json").read_text())
+
+
+def test_results_are_pinned_across_the_loop_moving_into_the_library(tmp_path, capsys):
+    """The log and submission of a short run with dropout and the LM loss on, recorded with the
+    script as it was before its loop became ``gpt1f.finetune.loop`` (costs equal to all digits
+    there; the tolerances leave room only for another CPU's summation order)."""
+    code, _, err = run_in_process(capsys, [*PINNED["argv"], *dirs(tmp_path)])
+    assert code == 0, err
+    _, entries = read_log(tmp_path / "log" / "synthetic.jsonl")
+    entries = without_time(entries)
+    assert [{k: e[k] for k in ("n_epochs", "n_updates")} for e in entries] == \
+        [{k: e[k] for k in ("n_epochs", "n_updates")} for e in PINNED["log"]]
+    for got, pinned in zip(entries, PINNED["log"]):
+        assert got.keys() == pinned.keys()
+        for k in ("tr_cost", "va_cost"):
+            assert got[k] == pytest.approx(pinned[k], rel=1e-4), (k, got, pinned)
+        for k in ("tr_acc", "va_acc"):                       # 16 examples: one is 6.25 points
+            assert abs(got[k] - pinned[k]) <= 100 / 16 + 1e-9, (k, got, pinned)
+    rows = (tmp_path / "sub" / "synthetic" / "ROCStories.tsv").read_text().splitlines()
+    pinned_rows = PINNED["submission"].splitlines()
+    assert rows[0] == pinned_rows[0] and len(rows) == len(pinned_rows)
+    assert sum(a != b for a, b in zip(rows, pinned_rows)) <= 2

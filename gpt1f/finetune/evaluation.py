@@ -1,0 +1,87 @@
+"""Scoring a split without the LM head or dropout, and the log line of one evaluation.
+
+The loop evaluates, as the TF original does, on the first ``n_valid`` training examples and on the
+valid split; the test split is only predicted (and scored when it has labels).
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..heads import clf_head, multiple_choice_logits, pool_clf_token, trunk
+from . import metrics
+from .task import Task
+
+
+def classify_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
+    """Class logits.  [B, T] -> [B, n_class]"""
+    _, hidden = trunk(params, tokens, cfg=cfg)
+    return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token))
+
+
+def similarity_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
+    """The score of both orders' summed ``_classify_`` states.  [B, 2, T] -> [B]"""
+    _, hidden = trunk(params, tokens, cfg=cfg)
+    return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token).sum(-2))[..., 0]
+
+
+EVAL_LOGITS = {"multiple_choice": multiple_choice_logits, "classify": classify_logits,
+               "similarity": similarity_logits}
+
+
+def make_scorer(task: Task, cfg: Config, compile: bool) -> Callable:
+    """``scores(params, tokens) -> logits`` of ``task``'s head: no LM head, no dropout."""
+    fn = functools.partial(EVAL_LOGITS[task.head], cfg=cfg)
+    return torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
+
+
+@torch.no_grad()
+def predict(scorer, params, tokens: torch.Tensor, batch: int, desc: str, cast) -> np.ndarray:
+    """Logits of every row in float32, every batch padded to ``batch`` rows so shapes never change."""
+    out = []
+    for start in tqdm(range(0, len(tokens), batch), desc=desc, leave=False, unit="batch"):
+        chunk = tokens[start:start + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+        with cast:
+            out.append(scorer(params, chunk)[:n].float().cpu())
+    return torch.cat(out).numpy()
+
+
+def log_entry(task: Task, scorer, params, splits, *, batch: int, cast, n_updates: int,
+              n_epochs: int) -> dict:
+    """One log line: the task cost and every metric on the first n_valid train rows and on valid.
+
+    Keys: ``n_epochs, n_updates, tr_cost, va_cost, tr_<metric>..., va_<metric>..., time``.
+    """
+    train, valid = splits["train"], splits["valid"]
+    n_valid = len(valid["label"])
+    scored = {"tr": (train["tokens"][:n_valid], train["label"][:n_valid]),
+              "va": (valid["tokens"], valid["label"])}
+    entry, values = {"n_epochs": n_epochs, "n_updates": n_updates}, {}
+    for prefix, (tokens, label) in scored.items():
+        logits = predict(scorer, params, tokens, batch, f"eval {prefix}", cast)
+        label = label.cpu().numpy()
+        entry[f"{prefix}_cost"] = metrics.task_cost(task, logits, label)
+        values[prefix] = metrics.evaluate(task, logits, label)
+    for prefix in scored:
+        entry.update({f"{prefix}_{name}": value for name, value in values[prefix].items()})
+    entry["time"] = time.time()
+    return entry
+
+
+def prediction_strings(task: Task, logits: np.ndarray) -> list[str]:
+    """The predictions file's column: class names where the task has them, else ids or scores."""
+    predicted = metrics.predictions(task, logits)
+    if task.objective == "mse":
+        return [f"{float(p):.6g}" for p in predicted]
+    if task.label_names is not None:
+        return [task.label_names[int(p)] for p in predicted]
+    return [str(int(p)) for p in predicted]
