@@ -120,15 +120,19 @@ def init_world(device=None, *, timeout_s: float = TIMEOUT_S) -> World:
         torch.cuda.set_device(world.device)
     backend = "nccl" if world.device.type == "cuda" else "gloo"
     endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-    try:                # env://: under torchrun this joins the store its agent already serves
-        dist.init_process_group(backend, init_method="env://", rank=world.rank,
-                                world_size=world.size,
-                                timeout=datetime.timedelta(seconds=timeout_s),
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        # env:// joins the store torchrun's agent serves; that store outlives a restart, so each
+        # attempt keys its rendezvous apart (else gloo reads the dead attempt's addresses)
+        store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"gpt1f/attempt_{attempt}/", store),
+                                rank=world.rank, world_size=world.size, timeout=timeout,
                                 device_id=world.device if backend == "nccl" else None)
-    except (RuntimeError, TimeoutError, OSError) as e:    # c10d's DistError is a RuntimeError
+    except (RuntimeError, TimeoutError, OSError, ValueError) as e:   # c10d's DistError: RuntimeError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise WorldError(f"rank {world.rank} of {world.size}: no rendezvous at {endpoint} "
-                         f"({backend}) within {timeout_s:g} s: {first}") from None
+                         f"({backend}, timeout {timeout_s:g} s): {first}") from None
     return world
 
 
@@ -311,3 +315,10 @@ def on_main(world: World, fn: Callable, *args, **kwargs):
     if failure[0] is not None:
         raise WorldError(f"rank 0 failed, so rank {world.rank} stops too: {failure[0]}")
     return result
+
+
+def main_first(world: World, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on rank 0, then, once it has returned, on every other rank (e.g.
+    reading a checkpoint that rank 0 may repair first). Returns each rank's own result."""
+    result = on_main(world, fn, *args, **kwargs)
+    return result if world.is_main else fn(*args, **kwargs)
