@@ -9,7 +9,10 @@ micro-batch (``--n_batch`` stories of ``--n_ctx`` tokens, eager, dropout on):
 
 - ``alone``: rank 0 steps while rank 1 waits: one process with the machine to itself;
 - ``concurrent``: both ranks step at once without reducing: the compute of a data-parallel step;
-- ``data_parallel``: both ranks step at once with the bucketed all-reduce (the real thing).
+- ``data_parallel``: both ranks step at once with the bucketed all-reduce (the real thing);
+- ``data_parallel_compiled`` (``--compile``): the same step under ``torch.compile(fullgraph=True)``,
+  which traces the c10d all-reduce into the graph as functional collectives (compile time apart),
+  and ``compiled_max_abs_diff``, its parameters against the eager step's after the same updates.
 
 ``comm_fraction`` is the default layout's all-reduce over (concurrent step + all-reduce);
 ``measured_comm_fraction`` is (data_parallel - concurrent) / data_parallel. ``scaling_efficiency``
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import tempfile
 import time
 
@@ -82,6 +86,29 @@ def time_reductions(cfg: gpt1f.Config, world, device, steps: int) -> dict[str, l
             for name, kw in LAYOUTS.items()}
 
 
+def compiled_step(cfg, world, device, full, key, steps: int) -> dict:
+    """The data-parallel step compiled (first call timed apart) against the same step eager."""
+    start = {k: v.to(device) for k, v in gpt1f.init_params(cfg, seed=0).items()}
+    opt = gpt1f.optim.openai_adam(6.25e-5, t_total=1000, max_grad_norm=1.0)
+    share = distributed.micro_batch_share(world.size, world)
+    kwargs = dict(lm_coef=0.5, accum=share.count, micro_batches=(share.offset, share.total),
+                  reduce_grads=distributed.grad_reducer(world))
+    sides = {}
+    for name, compile in (("eager", False), ("compiled", True)):
+        fn = make_train_step(cfg, opt, compile=compile, **kwargs)
+        state = [dict(start), opt.init(start)]
+
+        def once():
+            state[0], state[1], _ = fn(state[0], state[1], full, key)
+        first = timed_collectively(once, world, device, warmup=0, steps=1)[0]
+        times = timed_collectively(once, world, device, warmup=0, steps=steps)
+        sides[name] = (first, times, state[0])
+    diff = max(float((sides["compiled"][2][k] - sides["eager"][2][k]).abs().max()) for k in start)
+    return {"compile_s": sides["compiled"][0] - statistics.median(sides["compiled"][1]),
+            "compiled_step_s": sides["compiled"][1], "eager_step_s": sides["eager"][1],
+            "compiled_max_abs_diff": diff}
+
+
 def rank_main(rank: int, port: int, args, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -113,6 +140,8 @@ def rank_main(rank: int, port: int, args, out: str) -> None:
               "data_parallel": timed_collectively(lambda: step(parallel, full), world, device, warmup=1,
                                                   steps=args.steps)}
     result = {"rank": rank, "reduce_s": reduce_s, "step_s": step_s}
+    if args.compile:
+        result.update(compiled_step(cfg, world, device, full, key, args.steps))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     distributed.close_world(world)
@@ -123,6 +152,9 @@ def report(args, ranks: list[dict], n_values: int, n_tensors: int, wall_s: float
     r0 = ranks[0]
     reduce = {name: summary(times) for name, times in r0["reduce_s"].items()}
     steps = {name: summary(times) for name, times in r0["step_s"].items()}
+    if args.compile:
+        steps["data_parallel_compiled"] = summary(r0["compiled_step_s"])
+        steps["data_parallel_eager_beside_compiled"] = summary(r0["eager_step_s"])
     comm = reduce[DEFAULT_LAYOUT]["median_s"]
     concurrent, parallel = steps["concurrent"]["median_s"], steps["data_parallel"]["median_s"]
     gpus = torch.cuda.device_count() if torch.device(args.device).type == "cuda" else 0
@@ -137,7 +169,9 @@ def report(args, ranks: list[dict], n_values: int, n_tensors: int, wall_s: float
             "comm_fraction": comm / (concurrent + comm),
             "measured_comm_fraction": (parallel - concurrent) / parallel,
             "alone_over_data_parallel": steps["alone"]["median_s"] / parallel,
-            "scaling_efficiency": scaling, "wall_s": wall_s, "ranks": ranks}
+            "scaling_efficiency": scaling, "wall_s": wall_s, "ranks": ranks,
+            **({"compile_s": r0["compile_s"], "compiled_max_abs_diff": r0["compiled_max_abs_diff"]}
+               if args.compile else {})}
 
 
 def main(argv=None) -> dict:
@@ -148,6 +182,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n_batch", type=int, default=1, help="stories per rank's micro-batch")
     p.add_argument("--n_ctx", type=int, default=None, help="tokens per row (default 77, ROCStories')")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--compile", action="store_true", help="also time the compiled data-parallel step")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     args = p.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 5)
