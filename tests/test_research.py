@@ -128,6 +128,9 @@ def test_without_noise_and_with_a_large_clip_the_update_is_the_plain_one():
     plain, _ = opt.update(torch.func.grad(loss)(params, batch, key=gpt1f.random.key(0)),
                           opt.init(params), params)
     for k in params:
+        if k == "model/clf/b:0":    # its gradient is 0 by symmetry: Adam scales rounding noise
+            assert (private[k] - params[k]).abs().max() <= 1e-2 * (1 + 1e-9)   # to at most lr
+            continue
         torch.testing.assert_close(private[k], plain[k], rtol=1e-12, atol=1e-14, msg=k)
     assert metrics["clipped"].item() == 0 and metrics["n"].item() == 4
     batch_loss = loss(params, batch, key=gpt1f.random.key(0))      # no dropout: keys do not matter
