@@ -25,6 +25,12 @@ from tests.test_train_rocstories import TINY, dirs, read_log, tiny_state, withou
 
 sys.path.insert(0, str(ROOT))
 import train_rocstories as cli
+from gpt1f.finetune import cli as finetune_cli
+
+# python -m gpt1f.finetune on generated entailment pairs: 3 classes, the classify head, 1 epoch
+ENTAILMENT = ["--task", "entailment", "--dataset", "synthetic", "--n_synthetic", "120", "--n_iter", "1",
+              *TINY[:TINY.index("--n_iter")], "--lm_coef", "0", "--lr", "1e-2", "--threads", "1",
+              "--submit", "--save_every", "3"]
 
 # TINY with dropout on the embeddings too, a checkpoint every 2 updates, 2 epochs of 5 updates
 RUN = [*TINY, "--embd_pdrop", "0.1", "--save_every", "2", "--dataset", "synthetic", "--submit",
@@ -38,9 +44,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args, argv, env=None):
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args,
-                             str(ROOT / "train_rocstories.py"), *argv], cwd=ROOT,
+def torchrun(args, argv, env=None, target=(str(ROOT / "train_rocstories.py"),)):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args, *target, *argv], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -95,15 +100,20 @@ def runs(tmp_path_factory):
     restarted = torchrun(["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"],
                          [*base, "--desc", "killed"])
     mismatch = two_nodes(lambda rank: [*base, "--desc", "mismatch", "--lr", f"{1e-3 * (rank + 1)}"])
+    entailment = [*ENTAILMENT, *dirs(tmp, data="ent")]
+    finetune = torchrun(["--standalone", "--nproc_per_node", "2"], [*entailment, "--desc", "ent_ranks"],
+                        target=("-m", "gpt1f.finetune"))
     kill = {}
     killer = threading.Thread(target=kill_rank_after_first_checkpoint,
                               args=(restarted, tmp / "save" / "killed" / "latest", 1, kill))
     killer.start()
     try:
         single = cli.main([*base, "--desc", "single"])
+        finetune_single = finetune_cli.main([*entailment, "--desc", "ent_single"])
     finally:
         killer.join()
     return {"tmp": tmp, "single": single, "nodes": [finished(p) for p in nodes],
+            "finetune_single": finetune_single, "finetune": finished(finetune),
             "restarted": finished(restarted), "kill": kill, "mismatch": [finished(p) for p in mismatch]}
 
 
@@ -131,6 +141,17 @@ def test_two_ranks_log_accuracy_and_predictions_equal_one_process(runs):
     assert predictions[0] == predictions[1] and predictions[0].count(b"\n") == 1 + 120
     accuracy = [line for line in runs["nodes"][0][1].splitlines() if "Accuracy" in line]
     assert len(accuracy) == 2
+
+
+def test_python_m_gpt1f_finetune_under_torchrun_equals_one_process(runs):
+    code, out, err = runs["finetune"]
+    assert code == 0 and runs["finetune_single"] == 0, err[-3000:]
+    tmp = runs["tmp"]
+    _, single = read_log(tmp / "log" / "ent_single.jsonl")
+    _, ranks = read_log(tmp / "log" / "ent_ranks.jsonl")
+    assert without_time(ranks) == without_time(single) and single
+    files = [(tmp / "sub" / d / "entailment.tsv").read_bytes() for d in ("ent_single", "ent_ranks")]
+    assert files[0] == files[1] and files[0].count(b"\n") > 10
 
 
 def test_two_ranks_train_the_parameters_of_one_process_bit_for_bit(runs):
