@@ -40,7 +40,8 @@ def split_batch(batch: Batch, accum: int) -> list[Batch]:
 
 def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
                       accum: int = 1, head: str | Callable = "multiple_choice",
-                      fused_lm: bool = True, transform: Callable | None = None):
+                      fused_lm: bool = True, transform: Callable | None = None,
+                      micro_batches: tuple[int, int] | None = None):
     """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
 
     The loss is :func:`gpt1f.loss.loss_and_parts` of ``head`` with dropout (``train=True``).
@@ -50,32 +51,43 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
     micro-batch means is the full-batch mean, so the result does not depend on ``accum`` except
     through dropout. With ``transform``, ``params`` are what is differentiated and the model runs
     on ``transform(params)`` (:mod:`gpt1f.lora` differentiates adapters merged into a frozen base).
+
+    ``micro_batches=(offset, total)`` (one rank's share, :func:`gpt1f.distributed.micro_batch_share`):
+    ``batch`` is the whole update, split into ``total`` micro-batches, of which this runs the
+    ``accum`` from global index ``offset`` on, micro-batch ``g`` with key ``fold_in(key, g)``
+    (``key`` itself when ``total == 1``). The default is ``(0, accum)``: all of them.
     """
+    offset, total = (0, accum) if micro_batches is None else micro_batches
+    if not 0 <= offset <= offset + accum <= total:
+        raise ValueError(f"micro_batches=(offset={offset}, total={total}) has no room for "
+                         f"accum={accum} micro-batches")
+
     def loss(p, micro, micro_key):
         model_params = p if transform is None else transform(p)
         return loss_and_parts(model_params, micro, cfg=cfg, head=head, key=micro_key, train=True,
                               lm_coef=lm_coef, fused_lm=fused_lm)
 
     grad_fn = torch.func.grad_and_value(loss, has_aux=True)
-    micro_batches = split_batch(batch, accum)
-    keys = [key] if accum == 1 else [fold_in(key, i) for i in range(accum)]
-    total, sums = None, None
-    for micro, micro_key in zip(micro_batches, keys):
+    mine = split_batch(batch, total)[offset:offset + accum]
+    keys = [key] if total == 1 else [fold_in(key, offset + i) for i in range(accum)]
+    summed, sums = None, None
+    for micro, micro_key in zip(mine, keys):
         grads, (value, (clf, lm)) = grad_fn(params, micro, micro_key)
-        if total is None:
-            total, sums = grads, (value, clf, lm)
+        if summed is None:
+            summed, sums = grads, (value, clf, lm)
         else:
-            total = {k: total[k] + g for k, g in grads.items()}
+            summed = {k: summed[k] + g for k, g in grads.items()}
             sums = tuple(s + x for s, x in zip(sums, (value, clf, lm)))
     if accum == 1:
-        return total, sums
-    return {k: g / accum for k, g in total.items()}, tuple(s / accum for s in sums)
+        return summed, sums
+    return {k: g / accum for k, g in summed.items()}, tuple(s / accum for s in sums)
 
 
 def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: Config,
                opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
                head: str | Callable = "multiple_choice", fused_lm: bool = True,
-               transform: Callable | None = None
+               transform: Callable | None = None, micro_batches: tuple[int, int] | None = None,
+               reduce_grads: Callable | None = None
                ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """Gradients of the loss with dropout (``key``), then one ``opt`` update.
 
@@ -88,15 +100,23 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     :func:`gpt1f.fused_lm_loss.lm_loss_mean`; ``False`` differentiates the plain per-sequence
     ``lm_losses``.
 
+    Data parallel: ``micro_batches=(offset, total)`` runs one rank's share of the update (see
+    :func:`accumulated_grads`) and ``reduce_grads(grads, (loss, clf, lm)) -> (grads, parts)``
+    (:func:`gpt1f.distributed.grad_reducer`) averages them over the ranks before the clip, so
+    every rank runs the same update.
+
     Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
     ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
     scheduled learning rate of this update, before bias correction) and ``nonfinite`` (1 when the
     update was skipped, its gradients or the parameters it would give not being finite, else 0).
     """
     check_lm_coef(lm_coef)
-    grads, (loss, clf_loss, lm_loss) = accumulated_grads(
+    grads, parts = accumulated_grads(
         params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm,
-        transform=transform)
+        transform=transform, micro_batches=micro_batches)
+    if reduce_grads is not None:
+        grads, parts = reduce_grads(grads, parts)
+    loss, clf_loss, lm_loss = parts
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
@@ -110,6 +130,7 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
 def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum: int = 1,
                     inplace: bool = False, head: str | Callable = "multiple_choice",
                     fused_lm: bool = True, transform: Callable | None = None,
+                    micro_batches: tuple[int, int] | None = None, reduce_grads: Callable | None = None,
                     compile: bool = False, **compile_kwargs) -> Callable:
     """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
     with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
@@ -124,7 +145,8 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     def step(params, opt_state, batch, key):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
                           accum=accum, inplace=inplace, head=head, fused_lm=fused_lm,
-                          transform=transform)
+                          transform=transform, micro_batches=micro_batches,
+                          reduce_grads=reduce_grads)
 
     if not compile:
         return step

@@ -3,20 +3,29 @@ the reports, and the exit code of every way a run can end.
 
 ``train_rocstories.py`` and ``python -m gpt1f.finetune`` differ only in their data flags and in
 how they read a task's data; both end in :func:`run_seeds` under :func:`exit_code`.
+
+Under torchrun (``torchrun --nproc_per_node N train_rocstories.py ...``) :func:`run_seeds` starts
+the ranks' process group, refuses a world size that does not divide ``--accum`` and ranks that
+disagree on the settings or the data (one collective), and runs the loop data-parallel; rank 0
+alone holds the run's lock, prints and writes. A worker that torchrun restarts (``--max-restarts``)
+continues from the run's latest checkpoint as with ``--resume``.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
+import os
 import statistics
 import sys
 from typing import Callable
 
 import torch
 
-from .. import memory
+from .. import checkpoint, distributed, memory
 from ..checkpoint import CheckpointError, CheckpointWriteError
+from ..distributed import World, WorldError
 from ..params import param_shapes
 from ..rocstories import DataError
 from . import flags, loop
@@ -41,7 +50,7 @@ def exit_code(argv, parse: Callable, run: Callable) -> int:
         if args.limit_heap and not memory.limit_heap_retention():
             print("warning: --limit_heap needs glibc; ignored", file=sys.stderr)
         return run(args)
-    except (BadInput, DataError, CheckpointError) as e:
+    except (BadInput, DataError, CheckpointError, WorldError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (Diverged, CheckpointWriteError) as e:
@@ -57,7 +66,7 @@ def exit_code(argv, parse: Callable, run: Callable) -> int:
         torch.set_num_threads(threads)
 
 
-def seed_runs(args, desc: str) -> dict:
+def seed_runs(args, desc: str, check: bool = True) -> dict:
     """Every seed's Run (``desc``, or ``desc_seedS`` with several seeds), outputs checked."""
     seeds = [args.seed + i for i in range(args.seeds)]
     runs = {}
@@ -66,7 +75,8 @@ def seed_runs(args, desc: str) -> dict:
         runs[seed] = run_paths(desc=name, log_dir=args.log_dir, save_dir=args.save_dir,
                                submission_dir=args.submission_dir,
                                submission_name=args.submission_name)
-        check_outputs(runs[seed], submit=args.submit, resume=args.resume, overwrite=args.overwrite)
+        if check:
+            check_outputs(runs[seed], submit=args.submit, resume=args.resume, overwrite=args.overwrite)
     return runs
 
 
@@ -77,6 +87,45 @@ def run_seeds(args, *, task: Task, desc: str, prepare: Callable[[], Data],
     ``fingerprint_flags``: the command's own flags a resumed run must share (beside the model,
     the optimizer, the data digest and the research modes).
     """
+    world = start_world(args)
+    try:
+        with contextlib.ExitStack() as quiet:
+            if not world.is_main:           # rank 0 reports; the others print errors only
+                os.environ["TQDM_DISABLE"] = "1"
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            return _run_seeds(args, world, task=task, desc=desc, prepare=prepare,
+                              fingerprint_flags=fingerprint_flags, title=title)
+    finally:
+        distributed.close_world(world)
+
+
+def start_world(args) -> World:
+    """This process's rank (one process without torchrun), checked before any work: the research
+    modes run in one process, and the world size must divide ``--accum``; then the rendezvous."""
+    world = distributed.world_from_env(device=flags.device_name(args))
+    if world.distributed:
+        research = [f for f, on in (("--vmap_seeds", args.vmap_seeds), ("--dp_clip", args.dp_clip),
+                                    ("--lora_rank", args.lora_rank)) if on]
+        if research:
+            raise BadInput(f"{' '.join(research)} run in one process; start without torchrun")
+        distributed.micro_batch_share(args.accum, world)
+        world = distributed.init_world(world.device)
+    return world
+
+
+def resume_after_restart(args, runs: dict) -> None:
+    """A worker torchrun restarted (``$TORCHELASTIC_RESTART_COUNT`` > 0) continues the failed
+    attempt: ``--resume`` when the run has a checkpoint, else ``--overwrite`` of what that attempt
+    left (its log)."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) < 1:
+        return
+    saved = any(checkpoint.steps(run.latest) for run in runs.values())
+    args.resume, args.overwrite = saved, not saved
+
+
+def _run_seeds(args, world: World, *, task: Task, desc: str, prepare: Callable[[], Data],
+               fingerprint_flags: tuple[str, ...], title: str | None) -> int:
+    resume_after_restart(args, seed_runs(args, desc, check=False))
     runs = seed_runs(args, desc)
     with contextlib.ExitStack() as locks:
         data = prepare()
@@ -88,12 +137,18 @@ def run_seeds(args, *, task: Task, desc: str, prepare: Callable[[], Data],
                            f"{args.n_batch * args.accum}")
         cfg = flags.model_config(args, n_vocab=data.n_vocab, n_ctx=data.n_ctx)
         settings = flags.settings(args, dp_noise=dp_noise(args, n_train))
+        settings = dataclasses.replace(settings, device=str(world.device), world=world)
+        same = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("world", "device")}
+        distributed.check_agreement(world, settings=same,
+                                    config=dataclasses.asdict(cfg), data=data_digest(data),
+                                    flags={k: v for k, v in vars(args).items()})
         header = dict(vars(args))
         lanes = []
         for seed, run in runs.items():
             fingerprint = run_fingerprint(args, cfg, data, seed, settings, fingerprint_flags)
             check_checkpoints(run, fingerprint, resume=args.resume, overwrite=args.overwrite)
-            locks.enter_context(run_lock(run.latest.parent))
+            if world.is_main:
+                locks.enter_context(run_lock(run.latest.parent))
             lanes.append(loop.Lane(seed, run, {**header, "seed": seed}, fingerprint))
         sizes = " / ".join(f"{len(s['tokens'])} {name}" for name, s in data.splits.items())
         print(f"{desc}: {sizes} examples, n_ctx {cfg.n_ctx}, "

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..distributed import World, gather_rows, row_shard
 from ..heads import clf_head, multiple_choice_logits, pool_clf_token, trunk
 from . import metrics
 from .task import Task
@@ -42,21 +43,28 @@ def make_scorer(task: Task, cfg: Config, compile: bool) -> Callable:
 
 
 @torch.no_grad()
-def predict(scorer, params, tokens: torch.Tensor, batch: int, desc: str, cast) -> np.ndarray:
-    """Logits of every row in float32, every batch padded to ``batch`` rows so shapes never change."""
+def predict(scorer, params, tokens: torch.Tensor, batch: int, desc: str, cast,
+            world: World = World()) -> np.ndarray:
+    """Logits of every row in float32, every batch padded to ``batch`` rows so shapes never change.
+
+    On several ranks each scores its :func:`~gpt1f.distributed.row_shard` of whole batches and
+    the rows are gathered back in order: the very batches, so the very logits, of one process.
+    """
+    mine = row_shard(len(tokens), world, batch)
     out = []
-    for start in tqdm(range(0, len(tokens), batch), desc=desc, leave=False, unit="batch"):
-        chunk = tokens[start:start + batch]
+    for start in tqdm(range(mine.start, max(mine.stop, mine.start + 1), batch), desc=desc,
+                      leave=False, unit="batch"):          # (an empty shard: one batch, kept empty)
+        chunk = tokens[start:min(start + batch, mine.stop)]
         n = len(chunk)
         if n < batch:
-            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+            chunk = torch.cat([chunk, tokens.new_zeros((batch - n, *tokens.shape[1:]))])
         with cast:
             out.append(scorer(params, chunk)[:n].float().cpu())
-    return torch.cat(out).numpy()
+    return gather_rows(torch.cat(out), len(tokens), world, batch).numpy()
 
 
 def log_entry(task: Task, scorer, params, splits, *, batch: int, cast, n_updates: int,
-              n_epochs: int) -> dict:
+              n_epochs: int, world: World = World()) -> dict:
     """One log line: the task cost and every metric on the first n_valid train rows and on valid.
 
     Keys: ``n_epochs, n_updates, tr_cost, va_cost, tr_<metric>..., va_<metric>..., time``.
@@ -67,7 +75,7 @@ def log_entry(task: Task, scorer, params, splits, *, batch: int, cast, n_updates
               "va": (valid["tokens"], valid["label"])}
     entry, values = {"n_epochs": n_epochs, "n_updates": n_updates}, {}
     for prefix, (tokens, label) in scored.items():
-        logits = predict(scorer, params, tokens, batch, f"eval {prefix}", cast)
+        logits = predict(scorer, params, tokens, batch, f"eval {prefix}", cast, world)
         label = label.cpu().numpy()
         entry[f"{prefix}_cost"] = metrics.task_cost(task, logits, label)
         values[prefix] = metrics.evaluate(task, logits, label)

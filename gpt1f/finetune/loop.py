@@ -16,7 +16,10 @@ so ``resume`` continues bit for bit.
 
 Several seeds run one after the other, or together as *lanes* of one vmapped step
 (``Settings.vmap_seeds``): each lane keeps its own data order, dropout keys, log and checkpoints,
-so a lane computes what its seed's own run would. DP-SGD (``Settings.dp``) draws every update's
+so a lane computes what its seed's own run would. Under torchrun (``Settings.world``) every rank
+builds the same state, runs its share of each update's micro-batches and its share of every
+evaluation (:mod:`gpt1f.distributed`); rank 0 alone writes the log, checkpoints, plot and
+predictions. DP-SGD (``Settings.dp``) draws every update's
 examples by Poisson sampling and steps with :func:`gpt1f.dp.dp_train_step`; LoRA
 (``Settings.lora``) trains adapters over frozen initial parameters.
 """
@@ -34,9 +37,10 @@ import optree
 import torch
 from tqdm.auto import tqdm
 
-from .. import checkpoint, dp, ensemble, lora, optim
+from .. import checkpoint, distributed, dp, ensemble, lora, optim
 from ..checks import all_finite
 from ..config import Config
+from ..distributed import World, on_main
 from ..heads import similarity_task
 from ..loss import loss_fn
 from ..random import fold_in, key as make_key
@@ -92,6 +96,7 @@ class Settings:
     vmap_seeds: bool = False
     dp: DPSettings | None = None
     lora: LoraSettings | None = None
+    world: World = World()          # torchrun's ranks; one process by default
 
     @property
     def batch(self) -> int:
@@ -189,7 +194,11 @@ def make_trainer(task: Task, cfg: Config, opt: optim.Optimizer, s: Settings,
     elif s.vmap_seeds:
         step = _state_step(ensemble.make_ensemble_step(cfg, opt, compile=s.compile, **common), "params")
     else:
-        step = _state_step(make_train_step(cfg, opt, compile=s.compile, **common), "params")
+        share = distributed.micro_batch_share(s.accum, s.world)
+        reduce = distributed.grad_reducer(s.world) if s.world.distributed else None
+        step = _state_step(make_train_step(cfg, opt, compile=s.compile, **{**common, "accum": share.count},
+                                           micro_batches=(share.offset, share.total),
+                                           reduce_grads=reduce), "params")
     return Trainer(step, lambda state, params: state["params"],
                    lambda params, seed: {"params": params, "opt_state": opt.init(params)}, "params")
 
@@ -310,23 +319,24 @@ def evaluate(job: Job, states, progress: list[Progress], n_epochs: int) -> None:
         params = job.trainer.model(state, job.base[i])
         ensure_finite(params, lane.run, at)
         entry = log_entry(task, job.scorer, params, job.splits, batch=s.batch, cast=job.cast,
-                          n_updates=at.n_updates, n_epochs=n_epochs)
+                          n_updates=at.n_updates, n_epochs=n_epochs, world=s.world)
         if s.dp:                                   # the privacy spent so far, before "time"
             entry = {**{k: v for k, v in entry.items() if k != "time"},
                      "epsilon": dp.epsilon(noise=s.dp.noise, sample_rate=s.batch / n_train,
                                            steps=at.n_updates, delta=s.dp.delta),
                      "time": entry["time"]}
         p.history.append(entry)
-        append_log(lane.run.log, entry)
+        on_main(s.world, append_log, lane.run.log, entry)
         tqdm.write(" ".join(f"{v:.3f}" if isinstance(v, float) and "cost" in k else
                             f"{v:.2f}" if isinstance(v, float) else str(v)
                             for k, v in entry.items() if k != "time"))
         score = entry[f"va_{task.primary}"]
         if score > p.best_score:
             p.best_score = score
-            checkpoint.save(lane.run.best, at.n_updates, {job.trainer.trained: state[job.trainer.trained]},
-                            {"n_epochs": n_epochs, "n_updates": at.n_updates, f"va_{task.primary}": score},
-                            max_to_keep=1, replace=True)   # a resumed run may redo this step
+            on_main(s.world, checkpoint.save, lane.run.best, at.n_updates,
+                    {job.trainer.trained: state[job.trainer.trained]},
+                    {"n_epochs": n_epochs, "n_updates": at.n_updates, f"va_{task.primary}": score},
+                    max_to_keep=1, replace=True)   # a resumed run may redo this step
 
 
 def save_latest(job: Job, states, progress: list[Progress]) -> None:
@@ -338,7 +348,7 @@ def save_latest(job: Job, states, progress: list[Progress]) -> None:
         ensure_finite(state[job.trainer.trained], lane.run, at)
         meta = {"progress": dataclasses.asdict(p), "seed": lane.seed, "header": lane.header,
                 "fingerprint": lane.fingerprint}
-        checkpoint.save(lane.run.latest, at.n_updates, state, meta)
+        on_main(job.s.world, checkpoint.save, lane.run.latest, at.n_updates, state, meta)
 
 
 def finish(job: Job, i: int, state, p: Progress, clock: Clock) -> Result:
@@ -349,16 +359,16 @@ def finish(job: Job, i: int, state, p: Progress, clock: Clock) -> Result:
     test, scores = job.splits.get("test"), None
     if test is not None:
         logits = predict(job.scorer, job.trainer.model(best, job.base[i]), test["tokens"], s.batch,
-                         "predict test", job.cast)
+                         "predict test", job.cast, s.world)
         if s.submit:
-            write_predictions(lane.run.submission, prediction_strings(task, logits))
+            on_main(s.world, write_predictions, lane.run.submission, prediction_strings(task, logits))
         if test["label"] is not None:
             scores = metrics.evaluate(task, logits, test["label"].cpu().numpy())
     if s.lora:
-        lora.save(best["adapters"], lane.run.latest.parent / "adapters", rank=s.lora.rank,
-                  targets=s.lora.targets)
+        on_main(s.world, lora.save, best["adapters"], lane.run.latest.parent / "adapters",
+                rank=s.lora.rank, targets=s.lora.targets)
     if s.plot:
-        plot_history(p.history, lane.run.plot, task.primary)
+        on_main(s.world, plot_history, p.history, lane.run.plot, task.primary)
     examples = clock.examples // len(job.lanes)
     return Result(lane.seed, p.best_score, scores, p.history, clock.step_seconds,
                   examples / clock.step_seconds if clock.step_seconds else 0.0)
@@ -373,17 +383,17 @@ def start(job: Job):
     for lane, params in zip(job.lanes, job.base):
         if s.resume:
             template = to_device(job.trainer.fresh(params, lane.seed), device)
-            state, meta = resume_state(lane.run, template)
+            state, meta = distributed.main_first(s.world, resume_state, lane.run, template)
             p = Progress(**meta["progress"])
             tqdm.write(f"resumed {lane.run.desc} at update {p.n_updates} (epoch {p.epoch + 1}, "
                        f"update {p.position})")
         else:
             state, p = job.trainer.fresh(params, lane.seed), Progress()
-            for folder in (lane.run.latest, lane.run.best):
-                shutil.rmtree(folder, ignore_errors=True)   # reached only with --overwrite
+            for folder in (lane.run.latest, lane.run.best):   # reached only with --overwrite
+                on_main(s.world, shutil.rmtree, folder, ignore_errors=True)
         states.append(state)
         progress.append(p)
-        write_log(lane.run.log, lane.header, p.history)
+        on_main(s.world, write_log, lane.run.log, lane.header, p.history)
     steps = {p.n_updates for p in progress}
     if len(steps) > 1:
         raise checkpoint.CheckpointError(
