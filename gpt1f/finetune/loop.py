@@ -293,7 +293,7 @@ def update(job: Job, states, at: Progress, b: int, clock: Clock, bar) -> object:
         rows = [dp.poisson_sample(fold_in(fold_in(k, SAMPLING_TAG), at.n_updates), n_train,
                                   s.batch / n_train) for k in job.keys]
     else:
-        rows = [torch.as_tensor(epoch_order(lane.seed, at.epoch, n_train)[b * s.batch:(b + 1) * s.batch],
+        rows = [torch.tensor(epoch_order(lane.seed, at.epoch, n_train)[b * s.batch:(b + 1) * s.batch],
                                 device=train["tokens"].device) for lane in job.lanes]
     step_keys = [fold_in(k, at.n_updates) for k in job.keys]
     tick = time.perf_counter()
