@@ -14,7 +14,9 @@ from .checks import check_inputs, check_key, check_lm_coef, check_tokens
 from .config import Config
 from .loss import loss_and_parts
 from .optim import AdamState, Optimizer, global_norm
+from .packing import compile_packed
 from .random import fold_in
+from .regional import regional_step
 
 Params = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
@@ -40,7 +42,8 @@ def split_batch(batch: Batch, accum: int) -> list[Batch]:
 
 def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
                       accum: int = 1, head: str | Callable = "multiple_choice",
-                      fused_lm: bool = True, transform: Callable | None = None):
+                      fused_lm: bool = True, transform: Callable | None = None,
+                      packed: bool | None = None, grad_and_value: Callable = torch.func.grad_and_value):
     """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
 
     The loss is :func:`gpt1f.loss.loss_and_parts` of ``head`` with dropout (``train=True``).
@@ -54,9 +57,9 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
     def loss(p, micro, micro_key):
         model_params = p if transform is None else transform(p)
         return loss_and_parts(model_params, micro, cfg=cfg, head=head, key=micro_key, train=True,
-                              lm_coef=lm_coef, fused_lm=fused_lm)
+                              lm_coef=lm_coef, fused_lm=fused_lm, packed=packed)
 
-    grad_fn = torch.func.grad_and_value(loss, has_aux=True)
+    grad_fn = grad_and_value(loss, has_aux=True)
     micro_batches = split_batch(batch, accum)
     keys = [key] if accum == 1 else [fold_in(key, i) for i in range(accum)]
     total, sums = None, None
@@ -75,7 +78,8 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
 def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: Config,
                opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
                head: str | Callable = "multiple_choice", fused_lm: bool = True,
-               transform: Callable | None = None
+               transform: Callable | None = None, packed: bool | None = None,
+               grad_and_value: Callable = torch.func.grad_and_value
                ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """Gradients of the loss with dropout (``key``), then one ``opt`` update.
 
@@ -86,7 +90,8 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     ``params`` and ``opt_state`` (and returns them) instead of allocating new tensors.
     ``fused_lm`` (the default here, since a step always differentiates) takes the LM term from
     :func:`gpt1f.fused_lm_loss.lm_loss_mean`; ``False`` differentiates the plain per-sequence
-    ``lm_losses``.
+    ``lm_losses``. ``packed`` runs the model on the real tokens only (``gpt1f.loss.loss_and_parts``;
+    default: on CPU).
 
     Returns ``(params, opt_state, metrics)``; metrics are 0-dim tensors: ``loss``, ``clf_loss``,
     ``lm_loss`` (means over the batch), ``grad_norm`` (global, before clipping), ``lr`` (the
@@ -96,7 +101,7 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     check_lm_coef(lm_coef)
     grads, (loss, clf_loss, lm_loss) = accumulated_grads(
         params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm,
-        transform=transform)
+        transform=transform, packed=packed, grad_and_value=grad_and_value)
     grad_norm = global_norm(grads)
     metrics = {"loss": loss.detach(), "clf_loss": clf_loss.detach(), "lm_loss": lm_loss.detach(),
                "grad_norm": grad_norm, "lr": opt.learning_rate(opt_state),
@@ -110,10 +115,13 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
 def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum: int = 1,
                     inplace: bool = False, head: str | Callable = "multiple_choice",
                     fused_lm: bool = True, transform: Callable | None = None,
-                    compile: bool = False, **compile_kwargs) -> Callable:
+                    packed: bool | None = None, compile: bool | str = False, **compile_kwargs) -> Callable:
     """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
     with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
-    go to ``torch.compile``, e.g. ``backend`` or ``mode``).
+    go to ``torch.compile``, e.g. ``backend`` or ``mode``). The number of real tokens is a dynamic
+    size of that graph (``gpt1f.packing.compile_packed``). ``compile='regional'`` compiles one
+    block, reused by every layer, and the optimizer update, inside an eager step whose gradients
+    come from ``torch.autograd`` (``gpt1f.regional``): a much shorter cold compile.
 
     With ``opt`` built with ``nonfinite='raise'``, the compiled step skips a non-finite update in
     the graph, then this wrapper checks ``metrics['nonfinite']`` on the host (one sync a step) and
@@ -121,14 +129,19 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     """
     check_lm_coef(lm_coef)
 
-    def step(params, opt_state, batch, key):
+    def step(params, opt_state, batch, key, opt=opt, grad_and_value=torch.func.grad_and_value):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
                           accum=accum, inplace=inplace, head=head, fused_lm=fused_lm,
-                          transform=transform)
+                          transform=transform, packed=packed, grad_and_value=grad_and_value)
 
     if not compile:
         return step
-    graph = torch.compile(step, fullgraph=True, **compile_kwargs)
+    if compile == "regional":
+        graph = regional_step(step, opt, **compile_kwargs)
+    elif compile is True:
+        graph = compile_packed(step, fullgraph=True, **compile_kwargs)   # a new real length: no recompile
+    else:
+        raise ValueError(f"compile={compile!r}: use False, True (the whole step) or 'regional'")
 
     def compiled(params, opt_state, batch, key):
         if transform is None:                                    # values: outside the graph
