@@ -12,7 +12,7 @@ MFU is reported against the FLOPs of the padded batch (``mfu``) and of its real 
 (``mfu_real``).
 
     python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile] [--eager-side] [--cold-cache]
-    python -m benchmarks.bench_train --no-packed [--compile-mode default]
+    python -m benchmarks.bench_train --no-packed [--regional] [--compile-mode default]
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def hf_train_step(model, inputs, *, amp_dtype=None, device="cpu"):
     return step
 
 
-def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, amp_dtype=None,
+def gpt1f_train_step(cfg, params, batch, *, compile: bool | str, compile_kwargs=None, amp_dtype=None,
                      device="cpu", packed: bool | None = None):
     """``step()``: one ``gpt1f.train`` step (OpenAI Adam, updates in place) on a fresh dropout
     key per step, under autocast when ``amp_dtype`` is given (as ``train_rocstories.py --dtype``:
@@ -221,9 +221,9 @@ class Setup:
     """What both sides build from: config, batch, weights and compile settings of one run."""
 
     def __init__(self, quick: bool, device, compile: bool, n_stories: int | None,
-                 compile_mode: str | None, packed: bool | None = None):
+                 compile_mode: str | None, packed: bool | None = None, regional: bool = False):
         self.device = torch.device(device)
-        self.packed = packed
+        self.packed, self.regional = packed, regional
         cuda = self.device.type == "cuda"
         self.quick, self.compile, self.cfg = quick, compile, bench_config(quick)
         self.n_stories = n_stories or (ROC_STORIES_PER_UPDATE if cuda and not quick else N_STORIES)
@@ -241,6 +241,7 @@ class Setup:
                  "--stories", str(self.n_stories), "--threads", str(torch.get_num_threads())]
                 + ([] if self.compile else ["--no-compile"])
                 + ([] if self.packed is None else ["--packed" if self.packed else "--no-packed"])
+                + (["--regional"] if self.regional else [])
                 + (["--compile-mode", self.compile_mode] if self.compile_mode else []))
 
     def build(self, side: str, part: str):
@@ -251,6 +252,8 @@ class Setup:
             compile = self.compile and side == "gpt1f"
             kw.update(compile=compile, compile_kwargs=self.compile_kwargs, packed=self.packed)
         if side in ("gpt1f", "gpt1f_eager") and part == "train":
+            if kw["compile"] and self.regional:
+                kw["compile"] = "regional"
             # it updates its own copy of the weights in place
             fn, first_s = gpt1f_train_step(self.cfg, {k: v.clone() for k, v in self.params.items()},
                                            gpt1f_batch(self.batch), **kw)
@@ -302,7 +305,7 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
         steps: int | None = None, peak_flops: float | None = None,
         n_stories: int | None = None, compile_mode: str | None = None,
         processes: bool = True, eager_side: bool = False, cold_cache: bool = False,
-        packed: bool | None = None) -> dict:
+        packed: bool | None = None, regional: bool = False) -> dict:
     """Train step and eval forward at the ROCStories shape; returns a JSON-able dict.
 
     On CPU the batch is 8 stories (the issue's comparison); on CUDA 32, the paper's update, so the
@@ -312,9 +315,10 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
     turn from here (:class:`common.StepProcess`); ``False`` runs both in this process.
     ``eager_side`` adds gpt1f's eager step (``gpt1f_eager``) and the fine-tune estimate;
     ``cold_cache`` gives each child process an empty inductor cache; ``packed`` goes to gpt1f's
-    step and scorer (default: padding-free on CPU).
+    step and scorer (default: padding-free on CPU); ``regional`` compiles gpt1f's train step one
+    block for all layers (``make_train_step(compile="regional")``) instead of as one graph.
     """
-    setup = Setup(quick, device, compile, n_stories, compile_mode, packed)
+    setup = Setup(quick, device, compile, n_stories, compile_mode, packed, regional)
     device, cfg, batch = setup.device, setup.cfg, setup.batch
     warmup = warmup if warmup is not None else (1 if quick else 3)
     steps = steps if steps is not None else (3 if quick else 8)
@@ -333,6 +337,7 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
               "steps": steps, "peak_flops_per_s": peak_flops,
               "peer": "transformers" if "transformers" in sides else "not available",
               "packed": packed, "sides": sides,
+              "train_compile": ("regional" if regional else "whole step") if compile else None,
               "inductor_cache": "cold (a fresh cache per process)" if cold_cache else
               "as found (warm if this machine compiled the same graph before)",
               "isolation": "a process per side" if processes else "one process"}
@@ -403,6 +408,8 @@ def arg_parser() -> argparse.ArgumentParser:
                         help="a fresh inductor cache per side process: gpt1f's first call compiles cold")
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
                         help="gpt1f's padding-free path (default: on for CPU, off for CUDA)")
+    parser.add_argument("--regional", action="store_true",
+                        help="compile gpt1f's train step one block for every layer (gpt1f.regional)")
     parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
     return parser
 
@@ -412,13 +419,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.serve:
         side, _, part = args.serve.partition(":")
-        serve(Setup(args.quick, args.device, args.compile, args.stories, args.compile_mode, args.packed),
-              side, part)
+        serve(Setup(args.quick, args.device, args.compile, args.stories, args.compile_mode, args.packed,
+                    args.regional), side, part)
         return
     start = time.perf_counter()
     result = run(args.quick, args.device, args.compile, warmup=args.warmup, steps=args.steps,
                  n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes,
-                 eager_side=args.eager_side, cold_cache=args.cold_cache, packed=args.packed)
+                 eager_side=args.eager_side, cold_cache=args.cold_cache, packed=args.packed,
+                 regional=args.regional)
     result["wall_s"] = time.perf_counter() - start
     print(json.dumps(result))
 
