@@ -221,3 +221,20 @@ def test_compiling_without_dynamic_output_shapes_falls_back_to_the_padded_path()
     torch.testing.assert_close(fn(params, batch["tokens"]),
                                gpt1f.multiple_choice_logits(params, batch["tokens"], cfg=CFG),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
+def test_cuda_packed_step_equals_padded_eager_and_compiled():
+    params = {k: v.cuda() for k, v in make_params(torch.float32).items()}
+    batch, _ = make_batch(dtype=torch.float32)
+    batch = {k: v.cuda() for k, v in batch.items()}
+    opt = openai_adam(lr=1e-3, schedule="warmup_constant", warmup=0.0, t_total=10)
+    key = grandom.key(0, device="cuda")
+    torch._dynamo.reset()
+    runs = {name: make_train_step(CFG, opt, packed=packed, compile=compile)(
+                dict(params), opt.init(params), batch, key)
+            for name, packed, compile in (("padded", False, False), ("packed", True, False),
+                                          ("packed_compiled", True, True))}
+    for name in ("packed", "packed_compiled"):
+        for k in params:
+            torch.testing.assert_close(runs[name][0][k], runs["padded"][0][k], rtol=1e-4, atol=1e-6, msg=k)
