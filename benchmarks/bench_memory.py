@@ -14,6 +14,11 @@ transformers as it is, ``ratio_both_limited`` both with the limit.
 
     python -m benchmarks.bench_memory [--quick] [--no-compile]       # both sides, a table
     python -m benchmarks.bench_memory --side gpt1f [--quick] ...    # one child: a JSON line
+    python -m benchmarks.bench_memory --no-compile --no-packed      # eager, the padded path
+    python -m benchmarks.bench_memory --regional                    # one compiled block
+
+gpt1f runs padding-free by default on CPU (``gpt1f.packing``): its activations follow the real
+tokens.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ STEADY_STEPS = 2
 
 
 def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
-                 limit_heap: bool = False) -> dict:
+                 limit_heap: bool = False, packed: bool | None = None, regional: bool = False) -> dict:
     """Runs in the child: build one side, step, reset the peak, step again, report."""
     torch.set_num_threads(threads)
     if limit_heap:
@@ -44,7 +49,9 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
     params = gpt1f.init_params(cfg, seed=0)
     batch = bt.rocstories_batch(cfg)
     if side == "gpt1f":
-        step, first_s = bt.gpt1f_train_step(cfg, params, bt.gpt1f_batch(batch), compile=compile)
+        step, first_s = bt.gpt1f_train_step(cfg, params, bt.gpt1f_batch(batch),
+                                            compile="regional" if compile and regional else compile,
+                                            packed=packed)
     elif side == "transformers":
         model = bt.hf_model(cfg, params)
         del params                       # the model holds its own copy
@@ -59,6 +66,7 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
     for _ in range(STEADY_STEPS):
         step()
     return {"side": side, "compile": compile if side == "gpt1f" else False, "limit_heap": limit_heap,
+            "packed": packed if side == "gpt1f" else None, "regional": regional and side == "gpt1f",
             "steady_peak_rss_bytes": common.peak_rss_bytes() if resettable else None,
             "process_peak_rss_bytes": max(whole_process_peak, common.peak_rss_bytes()),
             "rss_at_start_bytes": rss_start, "rss_after_first_step_bytes": rss_after_first,
@@ -66,9 +74,12 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
             "steady_step_s": (time.perf_counter() - start) / STEADY_STEPS}
 
 
-def run(quick: bool = False, compile: bool = True, threads: int = 2) -> dict:
+def run(quick: bool = False, compile: bool = True, threads: int = 2, packed: bool | None = None,
+        regional: bool = False) -> dict:
     """Both sides, each in its own fresh interpreter, with and without the heap limit."""
-    args = ["--threads", str(threads)] + (["--quick"] if quick else []) + ([] if compile else ["--no-compile"])
+    args = (["--threads", str(threads)] + (["--quick"] if quick else []) + ([] if compile else ["--no-compile"])
+            + ([] if packed is None else ["--packed" if packed else "--no-packed"])
+            + (["--regional"] if regional else []))
     from .bench_train import transformers_available
     names = ["gpt1f"] + (["transformers"] if transformers_available() else [])
     sides, limited = {}, {}
@@ -76,7 +87,9 @@ def run(quick: bool = False, compile: bool = True, threads: int = 2) -> dict:
         sides[name] = common.run_json_subprocess("benchmarks.bench_memory", ["--side", name, *args])
         limited[name] = common.run_json_subprocess("benchmarks.bench_memory",
                                                    ["--side", name, "--limit-heap", *args])
-    out = {"benchmark": "train_step_peak_rss", "quick": quick, "sides": sides, "limited": limited}
+    out = {"benchmark": "train_step_peak_rss", "quick": quick, "compile": compile, "packed": packed,
+           "regional": regional,
+           "sides": sides, "limited": limited}
     if "transformers" in sides:
         key = ("steady_peak_rss_bytes" if all(r["steady_peak_rss_bytes"] for r in
                                               [*sides.values(), *limited.values()])
@@ -97,6 +110,10 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit-heap", action="store_true",
                         help="call gpt1f.memory.limit_heap_retention() first (one child)")
+    parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
+                        help="gpt1f's padding-free path (default: on for CPU)")
+    parser.add_argument("--regional", action="store_true",
+                        help="compile gpt1f's step one block for every layer (gpt1f.regional)")
     return parser
 
 
@@ -104,9 +121,10 @@ def main(argv=None) -> None:
     args = arg_parser().parse_args(argv)
     if args.side:
         print(json.dumps(measure_side(args.side, quick=args.quick, compile=args.compile,
-                                      threads=args.threads, limit_heap=args.limit_heap)))
+                                      threads=args.threads, limit_heap=args.limit_heap,
+                                      packed=args.packed, regional=args.regional)))
     else:
-        print(json.dumps(run(args.quick, args.compile, args.threads), indent=1))
+        print(json.dumps(run(args.quick, args.compile, args.threads, args.packed, args.regional), indent=1))
 
 
 if __name__ == "__main__":

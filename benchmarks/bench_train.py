@@ -5,8 +5,14 @@ PyTorch way: ``loss.backward()``, ``clip_grad_norm_(1.0)``, ``torch.optim.AdamW(
 gpt1f runs ``gpt1f.train.make_train_step`` (OpenAI Adam, global-norm clipping, updates in place).
 Both sides see the same batch in the same dtype with dropout 0.1 everywhere, and run interleaved
 step by step after warm-up, each in its own interpreter (``--in-process`` puts both in this one).
+``--eager-side`` adds gpt1f's eager step as a third side, and with it the estimate of a whole
+ROCStories fine-tune (138 updates of 32 stories) compiled, compile time included, against eager.
+``--cold-cache`` gives each side a fresh inductor cache, so gpt1f's first call is a cold compile.
+MFU is reported against the FLOPs of the padded batch (``mfu``) and of its real tokens
+(``mfu_real``).
 
-    python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile]
+    python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile] [--eager-side] [--cold-cache]
+    python -m benchmarks.bench_train --no-packed [--regional] [--compile-mode default]
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import argparse
 import contextlib
 import json
 import math
+import tempfile
 import time
 
 import torch
@@ -118,8 +125,8 @@ def hf_train_step(model, inputs, *, amp_dtype=None, device="cpu"):
     return step
 
 
-def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, amp_dtype=None,
-                     device="cpu"):
+def gpt1f_train_step(cfg, params, batch, *, compile: bool | str, compile_kwargs=None, amp_dtype=None,
+                     device="cpu", packed: bool | None = None):
     """``step()``: one ``gpt1f.train`` step (OpenAI Adam, updates in place) on a fresh dropout
     key per step, under autocast when ``amp_dtype`` is given (as ``train_rocstories.py --dtype``:
     parameters and optimizer stay float32, the optimizer's elementwise maths is not autocast).
@@ -133,7 +140,7 @@ def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, 
         for t in [*params.values(), *state.mu.values(), *state.nu.values(), state.count, state.skipped]:
             torch._dynamo.mark_static_address(t)
     make = train.make_train_step(cfg, opt, lm_coef=LM_COEF, inplace=True, compile=compile,
-                                 **(compile_kwargs or {}))
+                                 packed=packed, **(compile_kwargs or {}))
     keys = grandom.split(grandom.key(0, device=device), KEYS)   # no host-to-device copy per step
     counter = [0]
 
@@ -150,13 +157,15 @@ def gpt1f_train_step(cfg, params, batch, *, compile: bool, compile_kwargs=None, 
 
 
 def gpt1f_eval(cfg, params, tokens, *, compile: bool, compile_kwargs=None, amp_dtype=None,
-               device="cpu"):
+               device="cpu", packed: bool | None = None):
     """``score()``: multiple-choice logits [B, C] without the LM head; compile in the first call."""
+    from gpt1f.packing import compile_packed
+
     def score(params, tokens):
         with autocast(device, amp_dtype):
-            return gpt1f.multiple_choice_logits(params, tokens, cfg=cfg)
+            return gpt1f.multiple_choice_logits(params, tokens, cfg=cfg, packed=packed)
     if compile:
-        score = torch.compile(score, fullgraph=True, **(compile_kwargs or {}))
+        score = compile_packed(score, fullgraph=True, **(compile_kwargs or {}))
 
     @torch.no_grad()
     def call():
@@ -180,17 +189,23 @@ def hf_eval(model, inputs, *, amp_dtype=None, device="cpu"):
 # The benchmarks
 
 
-def compare(name, fns, *, tokens, flop, peak, warmup, steps, device) -> dict:
-    """Interleaved timing of ``fns`` (``gpt1f`` first, then the peer if present) and their MFU."""
+def compare(name, fns, *, tokens, flop, flop_real, peak, warmup, steps, device) -> dict:
+    """Interleaved timing of ``fns`` (``gpt1f`` first, then the others) and their MFU, against the
+    padded batch's FLOPs (``mfu``) and the real tokens' (``mfu_real``)."""
     times = common.interleaved(fns, warmup=warmup, steps=steps, device=device)
-    out = {"benchmark": name, "flop_per_step": flop, "sides": {}}
+    out = {"benchmark": name, "flop_per_step": flop, "flop_per_step_real": flop_real, "sides": {}}
     for side, ts in times.items():
         s = common.summary(ts)
         s["mfu"] = common.mfu(flop, s["median_s"], peak)
+        s["mfu_real"] = common.mfu(flop_real, s["median_s"], peak)
         s["tokens_per_s"] = tokens / s["median_s"]
         out["sides"][side] = s
     if "transformers" in times:
         out["speedup"] = common.ratio_summary(times["transformers"], times["gpt1f"])
+        if "gpt1f_eager" in times:
+            out["speedup_eager"] = common.ratio_summary(times["transformers"], times["gpt1f_eager"])
+    if "gpt1f_eager" in times:
+        out["compiled_over_eager"] = common.ratio_summary(times["gpt1f_eager"], times["gpt1f"])
     return out
 
 
@@ -206,8 +221,9 @@ class Setup:
     """What both sides build from: config, batch, weights and compile settings of one run."""
 
     def __init__(self, quick: bool, device, compile: bool, n_stories: int | None,
-                 compile_mode: str | None):
+                 compile_mode: str | None, packed: bool | None = None, regional: bool = False):
         self.device = torch.device(device)
+        self.packed, self.regional = packed, regional
         cuda = self.device.type == "cuda"
         self.quick, self.compile, self.cfg = quick, compile, bench_config(quick)
         self.n_stories = n_stories or (ROC_STORIES_PER_UPDATE if cuda and not quick else N_STORIES)
@@ -224,21 +240,26 @@ class Setup:
         return ([*(["--quick"] if self.quick else []), "--device", str(self.device),
                  "--stories", str(self.n_stories), "--threads", str(torch.get_num_threads())]
                 + ([] if self.compile else ["--no-compile"])
+                + ([] if self.packed is None else ["--packed" if self.packed else "--no-packed"])
+                + (["--regional"] if self.regional else [])
                 + (["--compile-mode", self.compile_mode] if self.compile_mode else []))
 
     def build(self, side: str, part: str):
         """``(fn, first_call_s, output)``: a no-argument step of ``side`` for ``part`` ('train' or
         'eval'), the seconds its first call took (compiling, for gpt1f), and for eval its scores."""
         kw = dict(amp_dtype=self.amp_dtype, device=self.device)
-        if side == "gpt1f" and part == "train":
+        if side in ("gpt1f", "gpt1f_eager"):
+            compile = self.compile and side == "gpt1f"
+            kw.update(compile=compile, compile_kwargs=self.compile_kwargs, packed=self.packed)
+        if side in ("gpt1f", "gpt1f_eager") and part == "train":
+            if kw["compile"] and self.regional:
+                kw["compile"] = "regional"
             # it updates its own copy of the weights in place
             fn, first_s = gpt1f_train_step(self.cfg, {k: v.clone() for k, v in self.params.items()},
-                                           gpt1f_batch(self.batch), compile=self.compile,
-                                           compile_kwargs=self.compile_kwargs, **kw)
+                                           gpt1f_batch(self.batch), **kw)
             return fn, first_s, None
-        if side == "gpt1f" and part == "eval":
-            fn, first_s = gpt1f_eval(self.cfg, self.params, self.batch["tokens"], compile=self.compile,
-                                     compile_kwargs=self.compile_kwargs, **kw)
+        if side in ("gpt1f", "gpt1f_eager") and part == "eval":
+            fn, first_s = gpt1f_eval(self.cfg, self.params, self.batch["tokens"], **kw)
             return fn, first_s, fn()
         if side == "transformers":
             model = hf_model(self.cfg, self.params, device=self.device)
@@ -254,13 +275,37 @@ def serve(setup: Setup, side: str, part: str) -> None:
     fn, first_s, output = setup.build(side, part)
     info = {"side": side, "part": part, "first_call_s": first_s,
             "output": output.float().tolist() if output is not None else None}
+    if setup.device.type == "cuda":
+        info["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(setup.device)
     common.serve_steps(fn, setup.device, info)
+
+
+def fresh_cache_env() -> dict[str, str]:
+    """A child environment whose inductor cache starts empty: its first compile is cold."""
+    return {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="gpt1f_inductor_")}
+
+
+def finetune_estimate(result: dict, n_stories: int) -> dict:
+    """A whole ROCStories fine-tune (``ROC_UPDATES`` updates of ``ROC_STORIES_PER_UPDATE``
+    stories) from this run's medians: first call (compiling, for the compiled side) plus the
+    remaining steps of ``n_stories`` stories. An estimate, not a run: evaluation, data loading and
+    the last partial batch are left out."""
+    n_steps = ROC_UPDATES * ROC_STORIES_PER_UPDATE // n_stories
+    train = result["train"]
+    out = {"steps": n_steps, "stories_per_step": n_stories,
+           "method": "first call (compile) + (steps - 1) x median step, per side"}
+    for side, s in train["sides"].items():
+        out[f"{side}_s"] = train["first_call_s"][side] + (n_steps - 1) * s["median_s"]
+    if "gpt1f_eager_s" in out:
+        out["compiled_over_eager"] = out["gpt1f_eager_s"] / out["gpt1f_s"]
+    return out
 
 
 def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int | None = None,
         steps: int | None = None, peak_flops: float | None = None,
         n_stories: int | None = None, compile_mode: str | None = None,
-        processes: bool = True) -> dict:
+        processes: bool = True, eager_side: bool = False, cold_cache: bool = False,
+        packed: bool | None = None, regional: bool = False) -> dict:
     """Train step and eval forward at the ROCStories shape; returns a JSON-able dict.
 
     On CPU the batch is 8 stories (the issue's comparison); on CUDA 32, the paper's update, so the
@@ -268,8 +313,12 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
     ``compile_mode`` goes to ``torch.compile`` (default: ``max-autotune`` on CUDA, inductor's
     default on CPU). ``processes`` (the default) gives each side its own interpreter, stepped in
     turn from here (:class:`common.StepProcess`); ``False`` runs both in this process.
+    ``eager_side`` adds gpt1f's eager step (``gpt1f_eager``) and the fine-tune estimate;
+    ``cold_cache`` gives each child process an empty inductor cache; ``packed`` goes to gpt1f's
+    step and scorer (default: padding-free on CPU); ``regional`` compiles gpt1f's train step one
+    block for all layers (``make_train_step(compile="regional")``) instead of as one graph.
     """
-    setup = Setup(quick, device, compile, n_stories, compile_mode)
+    setup = Setup(quick, device, compile, n_stories, compile_mode, packed, regional)
     device, cfg, batch = setup.device, setup.cfg, setup.batch
     warmup = warmup if warmup is not None else (1 if quick else 3)
     steps = steps if steps is not None else (3 if quick else 8)
@@ -277,36 +326,49 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
         peak_flops = common.matmul_peak(
             device, torch.bfloat16 if device.type == "cuda" else torch.float32)["flops_per_s"]
     tokens = batch["tokens"].numel()
-    sides = ["gpt1f"] + (["transformers"] if transformers_available() else [])
+    lengths = batch["lengths"].flatten().tolist()
+    sides = (["gpt1f"] + (["gpt1f_eager"] if eager_side and compile else [])
+             + (["transformers"] if transformers_available() else []))
     result = {"config": {**vars(cfg), "n_stories": setup.n_stories, "n_choices": N_CHOICES,
                          "tokens_per_batch": tokens, "real_tokens": int(batch["mask"].sum()),
                          "lm_coef": LM_COEF, "dtype": "float32",
                          "amp": str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else None},
               "compile": compile, "compile_kwargs": setup.compile_kwargs, "warmup": warmup,
               "steps": steps, "peak_flops_per_s": peak_flops,
-              "peer": "transformers" if len(sides) > 1 else "not available",
+              "peer": "transformers" if "transformers" in sides else "not available",
+              "packed": packed, "sides": sides,
+              "train_compile": ("regional" if regional else "whole step") if compile else None,
+              "inductor_cache": "cold (a fresh cache per process)" if cold_cache else
+              "as found (warm if this machine compiled the same graph before)",
               "isolation": "a process per side" if processes else "one process"}
     timing = dict(tokens=tokens, peak=peak_flops, warmup=warmup, steps=steps, device=device)
     flops = {"train": common.train_flops(cfg, tokens),
              "eval": common.forward_flops(cfg, tokens, lm_head=False)}
-    notes = {"train": "6NT + 12 L T_ctx E T over the padded batch",
-             "eval": "forward without the LM head: (6NT + 12 L T_ctx E T)/3 - 2 V E T"}
+    flops_real = {"train": common.train_flops_real(cfg, lengths),
+                  "eval": common.forward_flops_real(cfg, lengths, lm_head=False)}
+    notes = {"train": "6NT + 12 L T_ctx E T over the padded batch; real: 6 N n_real + 12 L E sum(len^2)",
+             "eval": "forward without the LM head: (6NT + 12 L T_ctx E T)/3 - 2 V E T; real: the same "
+                     "over the real tokens"}
     for part in ("train", "eval"):
         if processes:
             fns = {side: common.StepProcess("benchmarks.bench_train",
-                                            ["--serve", f"{side}:{part}", *setup.argv()])
+                                            ["--serve", f"{side}:{part}", *setup.argv()],
+                                            fresh_cache_env() if cold_cache else None)
                    for side in sides}
             firsts = {side: p.info["first_call_s"] for side, p in fns.items()}
             outputs = {side: p.info["output"] for side, p in fns.items()}
+            gpu_peaks = {side: p.info["peak_gpu_memory_bytes"] for side, p in fns.items()
+                         if "peak_gpu_memory_bytes" in p.info}
         else:
             built = {side: setup.build(side, part) for side in sides}
             fns = {side: b[0] for side, b in built.items()}
             firsts = {side: b[1] for side, b in built.items()}
             outputs = {side: b[2].float().tolist() if b[2] is not None else None
                        for side, b in built.items()}
+            gpu_peaks = {}
         try:
             result[part] = compare(f"{part}_step" if part == "train" else "eval_forward", fns,
-                                   flop=flops[part], **timing)
+                                   flop=flops[part], flop_real=flops_real[part], **timing)
         finally:
             for fn in fns.values():
                 if isinstance(fn, common.StepProcess):
@@ -314,6 +376,8 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
         result[part]["compile_s"] = firsts["gpt1f"]
         result[part]["first_call_s"] = firsts
         result[part]["flop_note"] = notes[part]
+        if gpu_peaks:
+            result[part]["peak_gpu_memory_bytes"] = gpu_peaks   # each side's process, first call included
         if part == "eval" and "transformers" in outputs:
             diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs["transformers"])
             result["eval_max_abs_diff"] = diff.abs().max().item()
@@ -321,6 +385,7 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
     if setup.n_stories == ROC_STORIES_PER_UPDATE:
         result["train"]["rocstories_run_s"] = {
             side: ROC_UPDATES * s["median_s"] for side, s in result["train"]["sides"].items()}
+    result["finetune_estimate"] = finetune_estimate(result, setup.n_stories)
     return result
 
 
@@ -337,6 +402,14 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile-mode", help="torch.compile mode (default max-autotune on CUDA)")
     parser.add_argument("--in-process", dest="processes", action="store_false",
                         help="run both sides in this process (default: a process per side)")
+    parser.add_argument("--eager-side", action="store_true",
+                        help="also time gpt1f's eager step, and estimate a whole fine-tune both ways")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="a fresh inductor cache per side process: gpt1f's first call compiles cold")
+    parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
+                        help="gpt1f's padding-free path (default: on for CPU, off for CUDA)")
+    parser.add_argument("--regional", action="store_true",
+                        help="compile gpt1f's train step one block for every layer (gpt1f.regional)")
     parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
     return parser
 
@@ -346,11 +419,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.serve:
         side, _, part = args.serve.partition(":")
-        serve(Setup(args.quick, args.device, args.compile, args.stories, args.compile_mode), side, part)
+        serve(Setup(args.quick, args.device, args.compile, args.stories, args.compile_mode, args.packed,
+                    args.regional), side, part)
         return
     start = time.perf_counter()
     result = run(args.quick, args.device, args.compile, warmup=args.warmup, steps=args.steps,
-                 n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes)
+                 n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes,
+                 eager_side=args.eager_side, cold_cache=args.cold_cache, packed=args.packed,
+                 regional=args.regional)
     result["wall_s"] = time.perf_counter() - start
     print(json.dumps(result))
 

@@ -68,8 +68,8 @@ class StepProcess:
     (``results/cpu2_cpu_20261126-0215_train_one_process.json`` against ``-0221_train_alone.json``).
     """
 
-    def __init__(self, module: str, args: list[str]):
-        env = child_env()
+    def __init__(self, module: str, args: list[str], extra_env: dict[str, str] | None = None):
+        env = {**child_env(), **(extra_env or {})}
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -160,6 +160,15 @@ def train_flops(cfg, tokens: int) -> int:
     return 6 * flop_params(cfg) * tokens + 12 * cfg.n_layer * cfg.n_ctx * cfg.n_embd * tokens
 
 
+def train_flops_real(cfg, lengths) -> int:
+    """:func:`train_flops` of the real tokens only: ``6 N n_real + 12 n_layer n_embd sum(L_i^2)``
+    over sequences of real lengths ``L_i`` (each token attends to its own sequence's tokens, not
+    the padded ``T_ctx``). A padding-free step does this work (plus attention over the padded
+    layout); reporting MFU against it as well keeps a step from looking faster by formula alone."""
+    lengths = [int(n) for n in lengths]
+    return 6 * flop_params(cfg) * sum(lengths) + 12 * cfg.n_layer * cfg.n_embd * sum(n * n for n in lengths)
+
+
 def forward_flops(cfg, tokens: int, *, lm_head: bool = True) -> int:
     """A forward pass: one third of ``train_flops``. ``lm_head=False`` (multiple-choice scoring)
     leaves out the ``2 * (n_vocab + n_special) * n_embd * T`` of the tied LM head, work the task
@@ -167,6 +176,14 @@ def forward_flops(cfg, tokens: int, *, lm_head: bool = True) -> int:
     flops = train_flops(cfg, tokens) // 3
     if not lm_head:
         flops -= 2 * (cfg.n_vocab + cfg.n_special) * cfg.n_embd * tokens
+    return flops
+
+
+def forward_flops_real(cfg, lengths, *, lm_head: bool = True) -> int:
+    """:func:`forward_flops` of the real tokens only (see :func:`train_flops_real`)."""
+    flops = train_flops_real(cfg, lengths) // 3
+    if not lm_head:
+        flops -= 2 * (cfg.n_vocab + cfg.n_special) * cfg.n_embd * sum(int(n) for n in lengths)
     return flops
 
 

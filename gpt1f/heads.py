@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .checks import check_head_batch, check_inputs
 from .config import Config
 from .dropout_keys import model_key
-from .model import embedding_matrix, lm_losses, transformer_from_embedding
+from .model import embedding_matrix, lm_losses, packed_hidden, transformer_from_embedding
+from .packing import real_lengths, use_packing
 from .random import dropout
 
 
@@ -29,13 +30,27 @@ class HeadOutput(NamedTuple):
     lm_losses: torch.Tensor    # per sequence, tokens' leading shape: [B, C]; [B]; [B, 2]
 
 
-def trunk(params, tokens: torch.Tensor, *, cfg: Config, key=None, train: bool = False):
+def trunk(params, tokens: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
+          lengths: torch.Tensor | None = None):
     """The dropped-out ``we`` (shared with the tied LM head) and the hidden states.
 
-    tokens [..., T] -> we [n_rows, E], hidden [..., T, E]
+    tokens [..., T] -> we [n_rows, E], hidden [..., T, E]; with ``lengths`` [...] the blocks run on
+    each row's first ``lengths`` tokens only, and the hidden states after them are 0.
     """
     we = embedding_matrix(params, cfg=cfg, key=key, train=train)
-    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
+    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train,
+                                          lengths=lengths)
+
+
+def read_lengths(task: Callable, batch, *, cfg: Config, packed: bool | None) -> torch.Tensor | None:
+    """What a built-in task and the LM loss read of each row (``gpt1f.packing.real_lengths``), for
+    the padding-free trunk; None (the padded trunk) when ``packed`` is off, under ``vmap``, or for
+    a user's task function, which may read any position. ``packed=None``: on CPU only (see
+    ``gpt1f.packing.use_packing``).  -> [...] int64 or None"""
+    tokens = batch["tokens"]
+    if not use_packing(packed, tokens) or task not in BATCH_LAYOUTS:
+        return None
+    return real_lengths(batch["tokens"], cfg.clf_token, batch.get("mask"))
 
 
 def pool_clf_token(hidden: torch.Tensor, tokens: torch.Tensor, clf_token: int) -> torch.Tensor:
@@ -122,39 +137,57 @@ def check_task_batch(task: Callable, params, batch, *, cfg: Config, key, with_lm
 
 
 def head_output(task: Callable, params, batch, *, cfg: Config, key=None, train: bool = False,
-                **task_kwargs) -> HeadOutput:
-    """Trunk, ``task`` and the per-sequence LM losses (``gpt1f.model.lm_losses``) of one batch."""
+                packed: bool | None = None, **task_kwargs) -> HeadOutput:
+    """Trunk, ``task`` and the per-sequence LM losses (``gpt1f.model.lm_losses``) of one batch.
+
+    ``packed`` runs the trunk on the real tokens only (see :func:`read_lengths`; ``None``: on CPU);
+    the outputs are the same up to float rounding. ``False`` runs every position, padding included.
+    """
     check_task_batch(task, params, batch, cfg=cfg, key=key, with_lm=True)
-    we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train)
+    lengths = read_lengths(task, batch, cfg=cfg, packed=packed)
+    we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train, lengths=lengths)
     logits, task_losses = task(params, batch, hidden, cfg=cfg, key=key, train=train, **task_kwargs)
     return HeadOutput(logits, task_losses, lm_losses(we, hidden, batch["tokens"], batch["mask"]))
 
 
-def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False) -> HeadOutput:
+def multiple_choice(params, batch, *, cfg: Config, key=None, train: bool = False,
+                    packed: bool | None = None) -> HeadOutput:
     """Multiple-choice scoring. batch: ``tokens`` [B, C, T] int64, ``mask`` [B, C, T] float,
     ``label`` [B] int64 -> ``HeadOutput(logits [B, C], task_losses [B], lm_losses [B, C])``."""
-    return head_output(multiple_choice_task, params, batch, cfg=cfg, key=key, train=train)
+    return head_output(multiple_choice_task, params, batch, cfg=cfg, key=key, train=train, packed=packed)
 
 
-def classify(params, batch, *, cfg: Config, key=None, train: bool = False) -> HeadOutput:
+def classify(params, batch, *, cfg: Config, key=None, train: bool = False,
+             packed: bool | None = None) -> HeadOutput:
     """Classification. batch: ``tokens`` [B, T], ``mask`` [B, T], ``label`` [B] int64 ->
     ``HeadOutput(logits [B, n_class], task_losses [B], lm_losses [B])``."""
-    return head_output(classify_task, params, batch, cfg=cfg, key=key, train=train)
+    return head_output(classify_task, params, batch, cfg=cfg, key=key, train=train, packed=packed)
 
 
 def similarity(params, batch, *, cfg: Config, key=None, train: bool = False,
-               objective: str = "mse") -> HeadOutput:
+               objective: str = "mse", packed: bool | None = None) -> HeadOutput:
     """Similarity. batch: ``tokens`` [B, 2, T], ``mask`` [B, 2, T], ``label`` [B] float ->
     ``HeadOutput(scores [B], task_losses [B], lm_losses [B, 2])``; see :func:`similarity_task`."""
     return head_output(similarity_task, params, batch, cfg=cfg, key=key, train=train,
-                       objective=objective)
+                       packed=packed, objective=objective)
 
 
-def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
-    """Eval-time scores without the LM head.  [B, C, T] -> [B, C]"""
+def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config,
+                           packed: bool | None = None) -> torch.Tensor:
+    """Eval-time scores without the LM head.  [B, C, T] -> [B, C]
+
+    ``packed`` runs the blocks on each row's tokens up to its first ``_classify_`` only and reads
+    the classifier's input straight from the real tokens (``None``: on CPU, not under ``vmap``;
+    see ``gpt1f.packing.use_packing``); ``packed=False`` runs every position.
+    """
     check_inputs(params, tokens, cfg=cfg, layout="[batch, choices, time]", rank=3)
-    _, hidden = trunk(params, tokens, cfg=cfg)
-    return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token))[..., 0]
+    if not use_packing(packed, tokens):
+        _, hidden = trunk(params, tokens, cfg=cfg)
+        return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token))[..., 0]
+    lengths = real_lengths(tokens, cfg.clf_token)                        # [B, C]
+    hidden, _ = packed_hidden(params, params["model/we:0"], tokens, lengths, cfg=cfg)
+    pooled = hidden.index_select(0, lengths.flatten().cumsum(0) - 1)    # each row's last: [B C, E]
+    return clf_head(params, pooled.view(*tokens.shape[:2], -1))[..., 0]
 
 
 def _cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

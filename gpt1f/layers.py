@@ -12,6 +12,7 @@ from einops import rearrange
 
 from .config import Config
 from .dropout_keys import block_site_key
+from .packing import Packing, element_counters, gather, scatter
 from .random import dropout
 
 MASK_VALUE = -1e9  # TF's ``w * b - 1e9 * (1 - b)``; transformers uses -1e4
@@ -77,27 +78,53 @@ def causal_attention(q, k, v, *, attn_pdrop: float, key, train: bool) -> torch.T
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def attn(p, x: torch.Tensor, *, cfg: Config, key, train: bool) -> torch.Tensor:
-    """Self-attention sub-layer with residual dropout after ``c_proj``.  [..., T, E] -> [..., T, E]"""
-    q, k, v = conv1d(x, p["attn/c_attn/w:0"], p["attn/c_attn/b:0"]).chunk(3, dim=-1)
-    q, k, v = (split_heads(t, cfg.n_head) for t in (q, k, v))
+def resid_dropout(x: torch.Tensor, *, cfg: Config, key, train: bool,
+                  packing: Packing | None) -> torch.Tensor:
+    """Residual dropout; on real tokens ``[n_real, E]`` (``packing``) each element gets the mask
+    of its padded ``[N, T, E]`` index, as the padded computation draws it."""
+    counters = None
+    if packing is not None and train and cfg.resid_pdrop > 0:
+        counters = element_counters(packing, x.shape[-1])
+    return dropout(x, cfg.resid_pdrop, key=key, train=train, counters=counters)
+
+
+def attn(p, x: torch.Tensor, *, cfg: Config, key, train: bool,
+         packing: Packing | None = None) -> torch.Tensor:
+    """Self-attention sub-layer with residual dropout after ``c_proj``.  [..., T, E] -> [..., T, E]
+
+    With ``packing``, ``x`` is the real tokens ``[n_real, E]`` (``gpt1f.packing``): only the
+    attention itself runs in the padded layout.
+    """
+    qkv = conv1d(x, p["attn/c_attn/w:0"], p["attn/c_attn/b:0"])
+    if packing is not None:
+        qkv = scatter(qkv, packing)                                      # [N, T, 3E]
+    q, k, v = (split_heads(t, cfg.n_head) for t in qkv.chunk(3, dim=-1))
     a = causal_attention(q, k, v, attn_pdrop=cfg.attn_pdrop, key=block_site_key(key, "attn_probs"),
                          train=train)
-    a = conv1d(merge_heads(a), p["attn/c_proj/w:0"], p["attn/c_proj/b:0"])
-    return dropout(a, cfg.resid_pdrop, key=block_site_key(key, "attn_resid"), train=train)
+    a = merge_heads(a)
+    if packing is not None:
+        a = gather(a, packing)                                           # [n_real, E]
+    a = conv1d(a, p["attn/c_proj/w:0"], p["attn/c_proj/b:0"])
+    return resid_dropout(a, cfg=cfg, key=block_site_key(key, "attn_resid"), train=train, packing=packing)
 
 
-def mlp(p, x: torch.Tensor, *, cfg: Config, key, train: bool) -> torch.Tensor:
-    """Position-wise feed-forward sub-layer.  [..., T, E] -> [..., T, E]"""
+def mlp(p, x: torch.Tensor, *, cfg: Config, key, train: bool,
+        packing: Packing | None = None) -> torch.Tensor:
+    """Position-wise feed-forward sub-layer.  [..., T, E] -> [..., T, E]; with ``packing``
+    [n_real, E] -> [n_real, E], dropout masks drawn at the padded index."""
     h = ACTIVATION_FNS[cfg.afn](conv1d(x, p["mlp/c_fc/w:0"], p["mlp/c_fc/b:0"]))
     h = conv1d(h, p["mlp/c_proj/w:0"], p["mlp/c_proj/b:0"])
-    return dropout(h, cfg.resid_pdrop, key=block_site_key(key, "mlp_resid"), train=train)
+    return resid_dropout(h, cfg=cfg, key=block_site_key(key, "mlp_resid"), train=train, packing=packing)
 
 
-def block(p, x: torch.Tensor, *, cfg: Config, key=None, train: bool = False) -> torch.Tensor:
+def block(p, x: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
+          packing: Packing | None = None) -> torch.Tensor:
     """Post-norm block: ``n = ln_1(x + attn(x)); h = ln_2(n + mlp(n))``.  [..., T, E] -> [..., T, E]
 
-    ``key`` is this block's key (``gpt1f.dropout_keys.block_key``).
+    ``key`` is this block's key (``gpt1f.dropout_keys.block_key``). With ``packing``, ``x`` is
+    the real tokens ``[n_real, E]`` of a padded ``[N, T, E]`` batch (``gpt1f.packing``).
     """
-    n = layer_norm(x + attn(p, x, cfg=cfg, key=key, train=train), p["ln_1/g:0"], p["ln_1/b:0"])
-    return layer_norm(n + mlp(p, n, cfg=cfg, key=key, train=train), p["ln_2/g:0"], p["ln_2/b:0"])
+    a = attn(p, x, cfg=cfg, key=key, train=train, packing=packing)
+    n = layer_norm(x + a, p["ln_1/g:0"], p["ln_1/b:0"])
+    m = mlp(p, n, cfg=cfg, key=key, train=train, packing=packing)
+    return layer_norm(n + m, p["ln_2/g:0"], p["ln_2/b:0"])

@@ -20,7 +20,7 @@ import torch
 from .config import Config
 from .fused_lm_loss import lm_loss_mean
 from .checks import check_lm_coef
-from .heads import HEADS, check_task_batch, trunk
+from .heads import HEADS, check_task_batch, read_lengths, trunk
 from .model import lm_losses
 
 
@@ -47,14 +47,17 @@ def lm_term(we: torch.Tensor, hidden: torch.Tensor, batch, *, fused_lm: bool) ->
 
 def loss_and_parts(params, batch, *, cfg: Config, head: str | Callable = "multiple_choice",
                    key=None, train: bool = False, lm_coef: float = 0.5, fused_lm: bool = False,
-                   **head_kwargs) -> tuple[torch.Tensor, LossParts]:
+                   packed: bool | None = None, **head_kwargs) -> tuple[torch.Tensor, LossParts]:
     """``(loss, LossParts(task, lm))``, all scalars; ``head_kwargs`` go to the task function
-    (e.g. ``objective='bce'`` for ``head='similarity'``)."""
+    (e.g. ``objective='bce'`` for ``head='similarity'``). ``packed`` runs the trunk on the real
+    tokens only where that is exact (a built-in head, not under ``vmap``: see
+    ``gpt1f.heads.read_lengths``; ``None``, the default: on CPU); ``False`` runs every position."""
     check_lm_coef(lm_coef)
-    check_task_batch(task_function(head), params, batch, cfg=cfg, key=key, with_lm=lm_coef != 0)
-    we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train)
-    _, task_losses = task_function(head)(params, batch, hidden, cfg=cfg, key=key, train=train,
-                                         **head_kwargs)
+    task = task_function(head)
+    check_task_batch(task, params, batch, cfg=cfg, key=key, with_lm=lm_coef != 0)
+    lengths = read_lengths(task, batch, cfg=cfg, packed=packed)
+    we, hidden = trunk(params, batch["tokens"], cfg=cfg, key=key, train=train, lengths=lengths)
+    _, task_losses = task(params, batch, hidden, cfg=cfg, key=key, train=train, **head_kwargs)
     task = task_losses.mean()
     if lm_coef == 0:
         return task, LossParts(task, torch.zeros_like(task))
@@ -63,9 +66,9 @@ def loss_and_parts(params, batch, *, cfg: Config, head: str | Callable = "multip
 
 
 def loss_fn(params, batch, *, cfg: Config, head: str | Callable = "multiple_choice", key=None,
-            train: bool = False, lm_coef: float = 0.5, fused_lm: bool = False,
+            train: bool = False, lm_coef: float = 0.5, fused_lm: bool = False, packed: bool | None = None,
             **head_kwargs) -> torch.Tensor:
     """The training loss (a scalar) of ``head`` (default: multiple choice, as ROCStories) on
     ``batch``: ``mean(task_losses) + lm_coef * mean(lm_losses)``; see :func:`loss_and_parts`."""
     return loss_and_parts(params, batch, cfg=cfg, head=head, key=key, train=train,
-                          lm_coef=lm_coef, fused_lm=fused_lm, **head_kwargs)[0]
+                          lm_coef=lm_coef, fused_lm=fused_lm, packed=packed, **head_kwargs)[0]

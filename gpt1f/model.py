@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from .checks import check_inputs, check_mask
 from .config import Config
 from .dropout_keys import block_key, model_key
-from .layers import block
+from .packing import Packing, plan, positions, scatter
 from .params import scope
 from .random import dropout
+from .regional import current_block
 
 
 def embedding_matrix(params, *, cfg: Config, key=None, train: bool = False) -> torch.Tensor:
@@ -30,34 +31,72 @@ def embed(we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config) -> torch.Tenso
     return we[tokens] + we[positions]
 
 
+def embed_packed(we: torch.Tensor, tokens: torch.Tensor, packing: Packing, *, cfg: Config) -> torch.Tensor:
+    """:func:`embed` at the real tokens only.  [n_rows, E], [..., T] -> [n_real, E]"""
+    if tokens.shape[-1] > cfg.n_ctx:
+        raise ValueError(f"sequence length {tokens.shape[-1]} exceeds cfg.n_ctx={cfg.n_ctx}")
+    ids = tokens.reshape(-1).index_select(0, packing.index)
+    return we[ids] + we[positions(packing) + cfg.pos_offset]
+
+
+def blocks(params, h: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
+           packing: Packing | None = None) -> torch.Tensor:
+    """The ``n_layer`` blocks.  [N, T, E] -> [N, T, E], or real tokens [n_real, E] -> [n_real, E]
+
+    Each is ``gpt1f.layers.block``, or its compiled version inside ``gpt1f.regional.using_block``.
+    """
+    block = current_block()
+    for i in range(cfg.n_layer):
+        h = block(scope(params, f"model/h{i}/"), h, cfg=cfg, key=block_key(key, i), train=train,
+                  packing=packing)
+    return h
+
+
+def packed_hidden(params, we: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, *,
+                  cfg: Config, key=None, train: bool = False) -> tuple[torch.Tensor, Packing]:
+    """The blocks over the real tokens only: row ``i`` of ``tokens`` is ``lengths[i]`` real tokens
+    then padding (``gpt1f.packing``).  [..., T], [...] -> hidden [n_real, E], Packing"""
+    packing = plan(lengths, tokens.shape[-1])
+    h = embed_packed(we, tokens, packing, cfg=cfg)
+    return blocks(params, h, cfg=cfg, key=key, train=train, packing=packing), packing
+
+
 def transformer_from_embedding(params, we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config,
-                               key=None, train: bool = False) -> torch.Tensor:
+                               key=None, train: bool = False,
+                               lengths: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks over an already dropped-out ``we``.  [..., T] -> [..., T, E]
 
     The blocks see one batch axis ``[N, T, E]``: inductor (torch 2.13) fails to compile causal
     SDPA over 5-D ``[B, C, H, T, D]`` head views, and 3-D matmuls are its fast path anyway.
+    With ``lengths`` [...] (each row's real tokens, padding after them), every per-token operation
+    runs on the real tokens only (:func:`packed_hidden`): the hidden states at real positions are
+    the same, those at padding positions 0.
     """
+    if lengths is not None:
+        h, packing = packed_hidden(params, we, tokens, lengths, cfg=cfg, key=key, train=train)
+        return scatter(h, packing).reshape(*tokens.shape, h.shape[-1])
     h = embed(we, tokens, cfg=cfg)
     lead = h.shape[:-2]
-    h = h.reshape(-1, *h.shape[-2:])
-    for i in range(cfg.n_layer):
-        h = block(scope(params, f"model/h{i}/"), h, cfg=cfg,
-                  key=block_key(key, i), train=train)
+    h = blocks(params, h.reshape(-1, *h.shape[-2:]), cfg=cfg, key=key, train=train)
     return h.reshape(*lead, *h.shape[-2:])
 
 
 def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,
-                train: bool = False) -> torch.Tensor:
+                train: bool = False, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """GPT-1's hidden states.  tokens [..., T] int64 -> hidden [..., T, E]
 
     ``key`` (see ``gpt1f.random``) drives every dropout mask; with ``train`` it is required as soon
     as a dropout rate is above 0 (a missing key raises there), and unused when every rate is 0.
     Under ``torch.func.vmap``, give each example its own key by vmapping over a ``[batch]`` tensor
     of keys (``gpt1f.random.split(key, batch)``), or pass one unbatched key to share masks.
+    ``lengths`` [...] int64: row ``i`` holds ``lengths[i]`` real tokens, then padding; the
+    per-token work then skips the padding, whose hidden states come back 0 (``gpt1f.packing``;
+    not under ``vmap``).
     """
     check_inputs(params, tokens, cfg=cfg, key=key)
     we = embedding_matrix(params, cfg=cfg, key=key, train=train)
-    return transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
+    return transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train,
+                                      lengths=lengths)
 
 
 def lm_logits(params, hidden: torch.Tensor, *, cfg: Config, key=None,

@@ -61,12 +61,28 @@ def bits(key: torch.Tensor, shape, device=None) -> torch.Tensor:
     shape = tuple(shape)
     key = key if device is None else key.to(device)
     index = torch.arange(_numel(shape), dtype=torch.int32, device=key.device).reshape(shape)
-    return _mix32(_mix32(_spread(index, _SALT_BITS)) ^ key)
+    return bits_at(key, index)
+
+
+def bits_at(key: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """The bits of :func:`bits` at given flat indices: ``bits(key, shape).flatten()[counters]``
+    without the whole tensor.  counters [...] int32 -> [...] int32"""
+    return _mix32(_mix32(_spread(counters, _SALT_BITS)) ^ key)
 
 
 def uniform(key: torch.Tensor, shape, dtype=torch.float32, device=None) -> torch.Tensor:
     """Uniform floats in ``[0, 1)`` on a 2**-24 grid, ``shape``, on ``device`` (default: the key's)."""
-    return (bits(key, shape, device) & 0xFFFFFF).to(dtype) * (1.0 / (1 << 24))
+    return _unit(bits(key, shape, device), dtype)
+
+
+def uniform_at(key: torch.Tensor, counters: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """The draws of :func:`uniform` at given flat indices.  counters [...] int32 -> [...]"""
+    return _unit(bits_at(key.to(counters.device), counters), dtype)
+
+
+def _unit(bits: torch.Tensor, dtype) -> torch.Tensor:
+    """The low 24 bits as a float in ``[0, 1)``."""
+    return (bits & 0xFFFFFF).to(dtype) * (1.0 / (1 << 24))
 
 
 def normal(key: torch.Tensor, shape, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -83,17 +99,22 @@ def normal(key: torch.Tensor, shape, dtype=torch.float32, device=None) -> torch.
 
 
 def dropout(x: torch.Tensor, p: float, *, key: torch.Tensor | None, train: bool,
-            noise_shape=None) -> torch.Tensor:
+            noise_shape=None, counters: torch.Tensor | None = None) -> torch.Tensor:
     """TF ``nn.dropout``: keep each element with probability ``1 - p`` and scale by ``1/(1 - p)``.
 
     ``noise_shape`` (broadcastable to ``x.shape``) shares one mask along axes of size 1, as TF's
-    ``noise_shape``. Returns ``x`` itself when not training or ``p == 0``; raises without a key.
+    ``noise_shape``. ``counters`` (int32, broadcastable to ``x.shape``) gives each element the mask
+    of that flat index of a larger tensor (``gpt1f.packing``: the element's padded index). Returns
+    ``x`` itself when not training or ``p == 0``; raises without a key.
     """
     if not train or p == 0.0:
         return x
     if key is None:
         raise ValueError("dropout with train=True needs a key: pass key=gpt1f.random.key(seed)")
-    keep = uniform(key, x.shape if noise_shape is None else noise_shape, device=x.device) >= p
+    if counters is not None:
+        keep = uniform_at(key, counters.to(x.device)) >= p
+    else:
+        keep = uniform(key, x.shape if noise_shape is None else noise_shape, device=x.device) >= p
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 

@@ -14,7 +14,9 @@ from .checks import check_inputs, check_key, check_lm_coef, check_tokens
 from .config import Config
 from .loss import loss_and_parts
 from .optim import AdamState, Optimizer, global_norm
+from .packing import compile_packed
 from .random import fold_in
+from .regional import regional_step
 
 Params = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
@@ -41,7 +43,8 @@ def split_batch(batch: Batch, accum: int) -> list[Batch]:
 def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef: float = 0.5,
                       accum: int = 1, head: str | Callable = "multiple_choice",
                       fused_lm: bool = True, transform: Callable | None = None,
-                      micro_batches: tuple[int, int] | None = None):
+                      micro_batches: tuple[int, int] | None = None, packed: bool | None = None,
+                      grad_and_value: Callable = torch.func.grad_and_value):
     """Mean gradients and loss parts over ``accum`` micro-batches: ``(grads, (loss, clf, lm))``.
 
     The loss is :func:`gpt1f.loss.loss_and_parts` of ``head`` with dropout (``train=True``).
@@ -65,9 +68,9 @@ def accumulated_grads(params: Params, batch: Batch, key, *, cfg: Config, lm_coef
     def loss(p, micro, micro_key):
         model_params = p if transform is None else transform(p)
         return loss_and_parts(model_params, micro, cfg=cfg, head=head, key=micro_key, train=True,
-                              lm_coef=lm_coef, fused_lm=fused_lm)
+                              lm_coef=lm_coef, fused_lm=fused_lm, packed=packed)
 
-    grad_fn = torch.func.grad_and_value(loss, has_aux=True)
+    grad_fn = grad_and_value(loss, has_aux=True)
     mine = split_batch(batch, total)[offset:offset + accum]
     keys = [key] if total == 1 else [fold_in(key, offset + i) for i in range(accum)]
     summed, sums = None, None
@@ -87,7 +90,8 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
                opt: Optimizer, lm_coef: float = 0.5, accum: int = 1, inplace: bool = False,
                head: str | Callable = "multiple_choice", fused_lm: bool = True,
                transform: Callable | None = None, micro_batches: tuple[int, int] | None = None,
-               reduce_grads: Callable | None = None
+               reduce_grads: Callable | None = None, packed: bool | None = None,
+               grad_and_value: Callable = torch.func.grad_and_value
                ) -> tuple[Params, AdamState, dict[str, torch.Tensor]]:
     """Gradients of the loss with dropout (``key``), then one ``opt`` update.
 
@@ -98,7 +102,8 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     ``params`` and ``opt_state`` (and returns them) instead of allocating new tensors.
     ``fused_lm`` (the default here, since a step always differentiates) takes the LM term from
     :func:`gpt1f.fused_lm_loss.lm_loss_mean`; ``False`` differentiates the plain per-sequence
-    ``lm_losses``.
+    ``lm_losses``. ``packed`` runs the model on the real tokens only (``gpt1f.loss.loss_and_parts``;
+    default: on CPU).
 
     Data parallel: ``micro_batches=(offset, total)`` runs one rank's share of the update (see
     :func:`accumulated_grads`) and ``reduce_grads(grads, (loss, clf, lm)) -> (grads, parts)``
@@ -113,7 +118,8 @@ def train_step(params: Params, opt_state: AdamState, batch: Batch, key, *, cfg: 
     check_lm_coef(lm_coef)
     grads, parts = accumulated_grads(
         params, batch, key, cfg=cfg, lm_coef=lm_coef, accum=accum, head=head, fused_lm=fused_lm,
-        transform=transform, micro_batches=micro_batches)
+        transform=transform, micro_batches=micro_batches, packed=packed,
+        grad_and_value=grad_and_value)
     if reduce_grads is not None:
         grads, parts = reduce_grads(grads, parts)
     loss, clf_loss, lm_loss = parts
@@ -131,10 +137,13 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
                     inplace: bool = False, head: str | Callable = "multiple_choice",
                     fused_lm: bool = True, transform: Callable | None = None,
                     micro_batches: tuple[int, int] | None = None, reduce_grads: Callable | None = None,
-                    compile: bool = False, **compile_kwargs) -> Callable:
+                    packed: bool | None = None, compile: bool | str = False, **compile_kwargs) -> Callable:
     """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``: :func:`train_step`
     with its settings bound, compiled with ``fullgraph=True`` when ``compile`` (``compile_kwargs``
-    go to ``torch.compile``, e.g. ``backend`` or ``mode``).
+    go to ``torch.compile``, e.g. ``backend`` or ``mode``). The number of real tokens is a dynamic
+    size of that graph (``gpt1f.packing.compile_packed``). ``compile='regional'`` compiles one
+    block, reused by every layer, and the optimizer update, inside an eager step whose gradients
+    come from ``torch.autograd`` (``gpt1f.regional``): a much shorter cold compile.
 
     With ``opt`` built with ``nonfinite='raise'``, the compiled step skips a non-finite update in
     the graph, then this wrapper checks ``metrics['nonfinite']`` on the host (one sync a step) and
@@ -142,15 +151,20 @@ def make_train_step(cfg: Config, opt: Optimizer, *, lm_coef: float = 0.5, accum:
     """
     check_lm_coef(lm_coef)
 
-    def step(params, opt_state, batch, key):
+    def step(params, opt_state, batch, key, opt=opt, grad_and_value=torch.func.grad_and_value):
         return train_step(params, opt_state, batch, key, cfg=cfg, opt=opt, lm_coef=lm_coef,
                           accum=accum, inplace=inplace, head=head, fused_lm=fused_lm,
                           transform=transform, micro_batches=micro_batches,
-                          reduce_grads=reduce_grads)
+                          reduce_grads=reduce_grads, packed=packed, grad_and_value=grad_and_value)
 
     if not compile:
         return step
-    graph = torch.compile(step, fullgraph=True, **compile_kwargs)
+    if compile == "regional":
+        graph = regional_step(step, opt, **compile_kwargs)
+    elif compile is True:
+        graph = compile_packed(step, fullgraph=True, **compile_kwargs)   # a new real length: no recompile
+    else:
+        raise ValueError(f"compile={compile!r}: use False, True (the whole step) or 'regional'")
 
     def compiled(params, opt_state, batch, key):
         if transform is None:                                    # values: outside the graph

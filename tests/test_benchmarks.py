@@ -359,3 +359,23 @@ def test_research_benchmark_quick_reports_both_comparisons():
     assert sorted(r["ensemble_speedup_over_single"]["ratios"]) == pytest.approx(sorted(
         s / e for s, e in zip(sides["single"]["times_s"], sides["ensemble"]["times_s"])))
     assert all(s["peak_rss_bytes"] > 0 and len(s["times_s"]) == 2 for s in sides.values())
+
+
+def test_real_token_flops_equal_the_padded_formula_without_padding_and_count_less_with_it():
+    cfg = gpt1f.Config.gpt1(n_ctx=77)
+    assert common.train_flops_real(cfg, [77] * 16) == common.train_flops(cfg, 16 * 77)
+    assert common.forward_flops_real(cfg, [77] * 4, lm_head=False) == common.forward_flops(cfg, 4 * 77, lm_head=False)
+    lengths = bench_train.rocstories_batch(cfg)["lengths"].flatten().tolist()
+    padded, real = common.train_flops(cfg, 16 * 77), common.train_flops_real(cfg, lengths)
+    fraction = sum(lengths) / (16 * 77)                 # 892 / 1232
+    assert 0.95 * fraction < real / padded < fraction   # attention grows as len^2: a bit below
+
+
+def test_finetune_estimate_adds_the_first_call_to_the_remaining_median_steps():
+    result = {"train": {"first_call_s": {"gpt1f": 100.0, "gpt1f_eager": 3.0},
+                        "sides": {"gpt1f": {"median_s": 1.0}, "gpt1f_eager": {"median_s": 2.0}}}}
+    est = bench_train.finetune_estimate(result, n_stories=8)
+    assert est["steps"] == 138 * 32 // 8
+    assert est["gpt1f_s"] == 100.0 + (est["steps"] - 1) * 1.0
+    assert est["gpt1f_eager_s"] == 3.0 + (est["steps"] - 1) * 2.0
+    assert est["compiled_over_eager"] == est["gpt1f_eager_s"] / est["gpt1f_s"]
