@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..distributed import World, gather_rows, row_shard
+from ..packing import compile_packed
 from ..heads import clf_head, multiple_choice_logits, pool_clf_token, trunk
 from . import metrics
 from .task import Task
@@ -39,7 +40,7 @@ EVAL_LOGITS = {"multiple_choice": multiple_choice_logits, "classify": classify_l
 def make_scorer(task: Task, cfg: Config, compile: bool) -> Callable:
     """``scores(params, tokens) -> logits`` of ``task``'s head: no LM head, no dropout."""
     fn = functools.partial(EVAL_LOGITS[task.head], cfg=cfg)
-    return torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
+    return compile_packed(fn, fullgraph=True) if compile else fn   # real-token count: dynamic
 
 
 @torch.no_grad()
