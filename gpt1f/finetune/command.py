@@ -138,6 +138,8 @@ def _run_seeds(args, world: World, *, task: Task, desc: str, prepare: Callable[[
         cfg = flags.model_config(args, n_vocab=data.n_vocab, n_ctx=data.n_ctx)
         settings = flags.settings(args, dp_noise=dp_noise(args, n_train))
         settings = dataclasses.replace(settings, device=str(world.device), world=world)
+        if world.distributed and args.compile is None:   # the compiled data-parallel step is
+            settings = dataclasses.replace(settings, compile=False)   # untested: opt in only
         same = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("world", "device")}
         distributed.check_agreement(world, settings=same,
                                     config=dataclasses.asdict(cfg), data=data_digest(data),

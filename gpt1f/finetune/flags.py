@@ -68,7 +68,8 @@ def add_flags(p: argparse.ArgumentParser, *, submission_name: str) -> None:
     p.add_argument("--dtype", type=str, default="fp32", choices=("fp32", "bf16"),
                    help="bf16: autocast the forward (parameters and optimizer stay float32)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the train step and eval forward (default: on for CUDA)")
+                   help="torch.compile the train step and eval forward (default: on for CUDA in one "
+                   "process; off under torchrun)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--limit_heap", action="store_true",
