@@ -2,10 +2,8 @@
 presets read the public layouts; bad input exits 2 naming file:line, writing nothing."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import optree
 import pytest
@@ -16,7 +14,7 @@ from gpt1f import checkpoint, optim
 from gpt1f.finetune import cli
 from gpt1f.finetune.task import Task
 from tests.conftest import ROOT
-from tests.test_train_rocstories import dirs, read_log, without_time
+from tests.test_train_rocstories import dirs, kill_after_first_checkpoint, read_log, without_time
 
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "4", "--n_transfer", "-1", "--n_batch", "8",
         "--accum", "2", "--lm_coef", "0", "--embd_pdrop", "0", "--threads", "1"]
@@ -55,12 +53,7 @@ def test_each_kind_learns_its_rule_and_resumes_bit_identically_after_sigkill(tmp
     whole = finetune_process([*base, "--desc", "whole"])
     killed = finetune_process([*base, "--desc", "killed"])
     latest = tmp_path / "save" / "killed" / "latest"
-    deadline = time.time() + 240
-    while not checkpoint.steps(latest) and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.02)
-    assert killed.poll() is None, "the run ended before it could be killed"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    kill_after_first_checkpoint(killed, latest, timeout=240)
     out, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err
     interrupted_at = checkpoint.latest_step(latest)

@@ -148,6 +148,16 @@ def cli_process(argv):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def kill_after_first_checkpoint(proc, latest, *, timeout: float) -> None:
+    """SIGKILL ``proc`` as soon as ``latest`` holds a checkpoint (it must still be running)."""
+    deadline = time.time() + timeout
+    while not checkpoint.steps(latest) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_limit_heap_changes_memory_not_results(tmp_path, vocab_args):
     """``--limit_heap`` is an allocator setting of the process: the run logs the same numbers."""
     base = [*TINY, *vocab_args, *dirs(tmp_path), "--dataset", "synthetic", "--n_iter", "1"]
@@ -167,12 +177,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, vocab_args):
     whole = cli_process([*base, "--desc", "whole"])
     killed = cli_process([*base, "--desc", "killed"])
     latest = tmp_path / "save" / "killed" / "latest"
-    deadline = time.time() + 120
-    while not checkpoint.steps(latest) and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.02)
-    assert killed.poll() is None, "the run ended before it could be killed"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    kill_after_first_checkpoint(killed, latest, timeout=120)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
     total = 3 * (80 // 16)
     interrupted_at = checkpoint.latest_step(latest)

@@ -37,7 +37,7 @@ import optree
 import torch
 from tqdm.auto import tqdm
 
-from .. import checkpoint, distributed, dp, ensemble, lora, optim
+from .. import checkpoint, distributed, dp, ensemble, lora, optim, rocstories
 from ..checks import all_finite
 from ..config import Config
 from ..distributed import World, on_main
@@ -133,9 +133,8 @@ class Result(NamedTuple):
 
 @functools.lru_cache(maxsize=16)
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The training order of ``epoch``: a permutation [n], a pure function of (seed, epoch)
-    (cached: every update of the epoch slices it; read-only)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+    """:func:`gpt1f.rocstories.epoch_order`, cached read-only: every update of the epoch slices it."""
+    order = rocstories.epoch_order(seed, epoch, n)
     order.flags.writeable = False
     return order
 
