@@ -1,7 +1,7 @@
 """Peak resident memory of the ROCStories training step, each side in a fresh interpreter.
 
 The parent (``run``) starts one child per side; a child builds the model, the optimizer and the
-batch, runs a first step (compiling, for gpt1f with ``--compile``), resets the kernel's peak-RSS
+batch, runs a first step (compiling, for gpt1f in a compiled mode), resets the kernel's peak-RSS
 counter, runs more steps and reports the peak over those: the memory a training run holds, not
 what the one-off compilation needed. The peak over the whole process, first step included, is
 reported beside it. Everything the side imports (torch, transformers) is counted, as a user pays
@@ -13,9 +13,14 @@ system). ``ratio`` compares the defaults, ``ratio_limited`` gpt1f with the limit
 transformers as it is, ``ratio_both_limited`` both with the limit.
 
     python -m benchmarks.bench_memory [--quick] [--no-compile]       # both sides, a table
+    python -m benchmarks.bench_memory --whole-step                  # gpt1f's step as one graph
     python -m benchmarks.bench_memory --side gpt1f [--quick] ...    # one child: a JSON line
     python -m benchmarks.bench_memory --no-compile --no-packed      # eager, the padded path
-    python -m benchmarks.bench_memory --regional                    # one compiled block
+    python -m benchmarks.bench_memory --regional                    # regional compilation
+
+gpt1f's step runs in the mode ``train_rocstories.py`` uses here by default
+(``gpt1f.finetune.flags.auto_compile``: regional for the 117M model on CPU) unless a flag says
+otherwise.
 
 gpt1f runs padding-free by default on CPU (``gpt1f.packing``): its activations follow the real
 tokens.
@@ -33,8 +38,17 @@ from . import common
 STEADY_STEPS = 2
 
 
-def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
-                 limit_heap: bool = False, packed: bool | None = None, regional: bool = False) -> dict:
+def train_compile(cfg, *, compile: bool, regional: bool, whole_step: bool) -> bool | str:
+    """gpt1f's ``make_train_step(compile=...)``: eager without ``compile``, else as forced, else
+    ``train_rocstories.py``'s default on CPU."""
+    from gpt1f.finetune.flags import auto_compile
+    if not compile:
+        return False
+    return "regional" if regional else True if whole_step else auto_compile("cpu", cfg)
+
+
+def measure_side(side: str, *, quick: bool, compile: bool, threads: int, limit_heap: bool = False,
+                 packed: bool | None = None, regional: bool = False, whole_step: bool = False) -> dict:
     """Runs in the child: build one side, step, reset the peak, step again, report."""
     torch.set_num_threads(threads)
     if limit_heap:
@@ -48,9 +62,9 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
     cfg = bt.bench_config(quick)
     params = gpt1f.init_params(cfg, seed=0)
     batch = bt.rocstories_batch(cfg)
+    mode = train_compile(cfg, compile=compile, regional=regional, whole_step=whole_step)
     if side == "gpt1f":
-        step, first_s = bt.gpt1f_train_step(cfg, params, bt.gpt1f_batch(batch),
-                                            compile="regional" if compile and regional else compile,
+        step, first_s = bt.gpt1f_train_step(cfg, params, bt.gpt1f_batch(batch), compile=mode,
                                             packed=packed)
     elif side == "transformers":
         model = bt.hf_model(cfg, params)
@@ -65,8 +79,8 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
     start = time.perf_counter()
     for _ in range(STEADY_STEPS):
         step()
-    return {"side": side, "compile": compile if side == "gpt1f" else False, "limit_heap": limit_heap,
-            "packed": packed if side == "gpt1f" else None, "regional": regional and side == "gpt1f",
+    return {"side": side, "compile": mode if side == "gpt1f" else False, "limit_heap": limit_heap,
+            "packed": packed if side == "gpt1f" else None,
             "steady_peak_rss_bytes": common.peak_rss_bytes() if resettable else None,
             "process_peak_rss_bytes": max(whole_process_peak, common.peak_rss_bytes()),
             "rss_at_start_bytes": rss_start, "rss_after_first_step_bytes": rss_after_first,
@@ -75,11 +89,11 @@ def measure_side(side: str, *, quick: bool, compile: bool, threads: int,
 
 
 def run(quick: bool = False, compile: bool = True, threads: int = 2, packed: bool | None = None,
-        regional: bool = False) -> dict:
+        regional: bool = False, whole_step: bool = False) -> dict:
     """Both sides, each in its own fresh interpreter, with and without the heap limit."""
     args = (["--threads", str(threads)] + (["--quick"] if quick else []) + ([] if compile else ["--no-compile"])
             + ([] if packed is None else ["--packed" if packed else "--no-packed"])
-            + (["--regional"] if regional else []))
+            + (["--regional"] if regional else []) + (["--whole-step"] if whole_step else []))
     from .bench_train import transformers_available
     names = ["gpt1f"] + (["transformers"] if transformers_available() else [])
     sides, limited = {}, {}
@@ -88,7 +102,7 @@ def run(quick: bool = False, compile: bool = True, threads: int = 2, packed: boo
         limited[name] = common.run_json_subprocess("benchmarks.bench_memory",
                                                    ["--side", name, "--limit-heap", *args])
     out = {"benchmark": "train_step_peak_rss", "quick": quick, "compile": compile, "packed": packed,
-           "regional": regional,
+           "regional": regional, "whole_step": whole_step,
            "sides": sides, "limited": limited}
     if "transformers" in sides:
         key = ("steady_peak_rss_bytes" if all(r["steady_peak_rss_bytes"] for r in
@@ -113,7 +127,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
                         help="gpt1f's padding-free path (default: on for CPU)")
     parser.add_argument("--regional", action="store_true",
-                        help="compile gpt1f's step one block for every layer (gpt1f.regional)")
+                        help="compile gpt1f's step regionally (gpt1f.regional)")
+    parser.add_argument("--whole-step", action="store_true",
+                        help="compile gpt1f's step as one graph")
     return parser
 
 
@@ -122,9 +138,11 @@ def main(argv=None) -> None:
     if args.side:
         print(json.dumps(measure_side(args.side, quick=args.quick, compile=args.compile,
                                       threads=args.threads, limit_heap=args.limit_heap,
-                                      packed=args.packed, regional=args.regional)))
+                                      packed=args.packed, regional=args.regional,
+                                      whole_step=args.whole_step)))
     else:
-        print(json.dumps(run(args.quick, args.compile, args.threads, args.packed, args.regional), indent=1))
+        print(json.dumps(run(args.quick, args.compile, args.threads, args.packed, args.regional,
+                             args.whole_step), indent=1))
 
 
 if __name__ == "__main__":

@@ -2,17 +2,22 @@
 
 The peer is transformers' ``OpenAIGPTDoubleHeadsModel`` holding the same weights, trained the usual
 PyTorch way: ``loss.backward()``, ``clip_grad_norm_(1.0)``, ``torch.optim.AdamW(foreach=True)``.
-gpt1f runs ``gpt1f.train.make_train_step`` (OpenAI Adam, global-norm clipping, updates in place).
-Both sides see the same batch in the same dtype with dropout 0.1 everywhere, and run interleaved
-step by step after warm-up, each in its own interpreter (``--in-process`` puts both in this one).
-``--eager-side`` adds gpt1f's eager step as a third side, and with it the estimate of a whole
-ROCStories fine-tune (138 updates of 32 stories) compiled, compile time included, against eager.
-``--cold-cache`` gives each side a fresh inductor cache, so gpt1f's first call is a cold compile.
-MFU is reported against the FLOPs of the padded batch (``mfu``) and of its real tokens
-(``mfu_real``).
+gpt1f runs ``gpt1f.train.make_train_step`` (OpenAI Adam, global-norm clipping, updates in place)
+in the mode ``train_rocstories.py`` uses on this device for this model by default
+(``gpt1f.finetune.flags.auto_compile``: the regional compile for the 117M model on CPU, the whole
+step on CUDA), or as ``--no-compile`` / ``--regional`` / ``--whole-step`` say. With ``--port-dir``
+(or ``$GPT1F_PORT_DIR``) the 2018 PyTorch port is a third peer (``benchmarks/port2018.py``).
+Every side sees the same batch and weights in the same dtype with dropout 0.1 everywhere, and the
+sides run interleaved step by step after warm-up, each in its own interpreter (``--in-process``
+puts them in this one). ``--eager-side`` and ``--step-side`` add gpt1f's eager and whole-step
+compiled steps as further sides; ``finetune_estimate`` gives each side's whole ROCStories fine-tune
+(138 updates of 32 stories), compile time included. ``--cold-cache`` gives each side a fresh
+inductor cache, so gpt1f's first call is a cold compile. MFU is reported against the FLOPs of the
+padded batch (``mfu``) and of its real tokens (``mfu_real``).
 
     python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile] [--eager-side] [--cold-cache]
-    python -m benchmarks.bench_train --no-packed [--regional] [--compile-mode default]
+    python -m benchmarks.bench_train --port-dir PATH [--step-side] [--regional] [--whole-step]
+    python -m benchmarks.bench_train --no-packed [--compile-mode default]
 """
 from __future__ import annotations
 
@@ -156,15 +161,20 @@ def gpt1f_train_step(cfg, params, batch, *, compile: bool | str, compile_kwargs=
     return step, compile_s
 
 
-def gpt1f_eval(cfg, params, tokens, *, compile: bool, compile_kwargs=None, amp_dtype=None,
+def gpt1f_eval(cfg, params, tokens, *, compile: bool | str, compile_kwargs=None, amp_dtype=None,
                device="cpu", packed: bool | None = None):
-    """``score()``: multiple-choice logits [B, C] without the LM head; compile in the first call."""
+    """``score()``: multiple-choice logits [B, C] without the LM head; compiled in the first call
+    as one graph (``compile=True``) or with regional blocks (``'regional'``), as the fine-tuning
+    loop's scorer (``gpt1f.finetune.evaluation.make_scorer``)."""
+    from gpt1f import regional
     from gpt1f.packing import compile_packed
 
     def score(params, tokens):
         with autocast(device, amp_dtype):
             return gpt1f.multiple_choice_logits(params, tokens, cfg=cfg, packed=packed)
-    if compile:
+    if compile == "regional":
+        score = regional.with_regions(score)
+    elif compile:
         score = compile_packed(score, fullgraph=True, **(compile_kwargs or {}))
 
     @torch.no_grad()
@@ -200,12 +210,16 @@ def compare(name, fns, *, tokens, flop, flop_real, peak, warmup, steps, device) 
         s["mfu_real"] = common.mfu(flop_real, s["median_s"], peak)
         s["tokens_per_s"] = tokens / s["median_s"]
         out["sides"][side] = s
-    if "transformers" in times:
-        out["speedup"] = common.ratio_summary(times["transformers"], times["gpt1f"])
-        if "gpt1f_eager" in times:
-            out["speedup_eager"] = common.ratio_summary(times["transformers"], times["gpt1f_eager"])
-    if "gpt1f_eager" in times:
-        out["compiled_over_eager"] = common.ratio_summary(times["gpt1f_eager"], times["gpt1f"])
+    for peer, suffix in (("transformers", ""), ("port", "_port")):
+        if peer not in times:
+            continue
+        out["speedup" + suffix] = common.ratio_summary(times[peer], times["gpt1f"])
+        for side in GPT1F_SIDES:
+            if side in times:
+                out[f"speedup{suffix}_{side[len('gpt1f_'):]}"] = common.ratio_summary(times[peer], times[side])
+    for side in GPT1F_SIDES:
+        if side in times:
+            out[f"gpt1f_over_{side[len('gpt1f_'):]}"] = common.ratio_summary(times[side], times["gpt1f"])
     return out
 
 
@@ -217,15 +231,28 @@ def transformers_available() -> bool:
         return False
 
 
-class Setup:
-    """What both sides build from: config, batch, weights and compile settings of one run."""
+# gpt1f's extra sides: (compile, packed). gpt1f_step is the whole step as one graph over the padded
+# batch, the compiled step as it was before the padding-free path (whose whole-step compile, with
+# a dynamic number of real tokens, did not finish on the 2-core CPU).
+GPT1F_SIDES = {"gpt1f_eager": (False, None), "gpt1f_step": (True, False)}
 
-    def __init__(self, quick: bool, device, compile: bool, n_stories: int | None,
-                 compile_mode: str | None, packed: bool | None = None, regional: bool = False):
+
+class Setup:
+    """What every side builds from: config, batch, weights and compile settings of one run.
+
+    ``mode``: gpt1f's train step and scorer, ``'default'`` (what ``train_rocstories.py`` runs here:
+    ``gpt1f.finetune.flags.auto_compile``), ``'eager'``, ``'regional'`` or ``'step'`` (the whole
+    step as one graph)."""
+
+    def __init__(self, quick: bool, device, mode: str, n_stories: int | None,
+                 compile_mode: str | None, packed: bool | None = None, port: str | None = None):
+        from gpt1f.finetune.flags import auto_compile
         self.device = torch.device(device)
-        self.packed, self.regional = packed, regional
+        self.packed, self.port, self.mode = packed, port, mode
         cuda = self.device.type == "cuda"
-        self.quick, self.compile, self.cfg = quick, compile, bench_config(quick)
+        self.quick, self.cfg = quick, bench_config(quick)
+        self.train_compile = {"default": auto_compile(str(self.device), self.cfg), "eager": False,
+                              "regional": "regional", "step": True}[mode]
         self.n_stories = n_stories or (ROC_STORIES_PER_UPDATE if cuda and not quick else N_STORIES)
         self.amp_dtype = torch.bfloat16 if cuda else None
         self.compile_mode = compile_mode or ("max-autotune" if cuda and not quick else None)
@@ -238,36 +265,44 @@ class Setup:
     def argv(self) -> list[str]:
         """The flags that rebuild this setup in a child (``--serve``)."""
         return ([*(["--quick"] if self.quick else []), "--device", str(self.device),
-                 "--stories", str(self.n_stories), "--threads", str(torch.get_num_threads())]
-                + ([] if self.compile else ["--no-compile"])
+                 "--stories", str(self.n_stories), "--threads", str(torch.get_num_threads()),
+                 "--mode", self.mode]
                 + ([] if self.packed is None else ["--packed" if self.packed else "--no-packed"])
-                + (["--regional"] if self.regional else [])
+                + (["--port-dir", self.port] if self.port else [])
                 + (["--compile-mode", self.compile_mode] if self.compile_mode else []))
+
+    def side_mode(self, side: str) -> tuple[bool | str, bool | None]:
+        """(compile, packed) of a gpt1f side."""
+        return (self.train_compile, self.packed) if side == "gpt1f" else GPT1F_SIDES[side]
 
     def build(self, side: str, part: str):
         """``(fn, first_call_s, output)``: a no-argument step of ``side`` for ``part`` ('train' or
         'eval'), the seconds its first call took (compiling, for gpt1f), and for eval its scores."""
         kw = dict(amp_dtype=self.amp_dtype, device=self.device)
-        if side in ("gpt1f", "gpt1f_eager"):
-            compile = self.compile and side == "gpt1f"
-            kw.update(compile=compile, compile_kwargs=self.compile_kwargs, packed=self.packed)
-        if side in ("gpt1f", "gpt1f_eager") and part == "train":
-            if kw["compile"] and self.regional:
-                kw["compile"] = "regional"
-            # it updates its own copy of the weights in place
-            fn, first_s = gpt1f_train_step(self.cfg, {k: v.clone() for k, v in self.params.items()},
-                                           gpt1f_batch(self.batch), **kw)
-            return fn, first_s, None
-        if side in ("gpt1f", "gpt1f_eager") and part == "eval":
+        if side == "gpt1f" or side in GPT1F_SIDES:
+            compile, packed = self.side_mode(side)
+            kw.update(compile=compile, compile_kwargs=self.compile_kwargs, packed=packed)
+            if part == "train":   # it updates its own copy of the weights in place
+                fn, first_s = gpt1f_train_step(self.cfg, {k: v.clone() for k, v in self.params.items()},
+                                               gpt1f_batch(self.batch), **kw)
+                return fn, first_s, None
             fn, first_s = gpt1f_eval(self.cfg, self.params, self.batch["tokens"], **kw)
             return fn, first_s, fn()
         if side == "transformers":
             model = hf_model(self.cfg, self.params, device=self.device)
             make = hf_train_step if part == "train" else hf_eval
             fn = make(model, hf_inputs(self.batch), **kw)
-            first_s = common.timed(fn, self.device)
-            return fn, first_s, fn() if part == "eval" else None
-        raise ValueError(f"unknown side {side!r} or part {part!r}")
+        elif side == "port":
+            from . import port2018
+            modules = port2018.load_modules(port2018.port_dir(self.port))
+            net = port2018.model(self.cfg, self.params, modules).to(self.device)
+            fn = (port2018.train_step(self.cfg, net, gpt1f_batch(self.batch), modules, lm_coef=LM_COEF,
+                                      t_total=ROC_UPDATES) if part == "train"
+                  else port2018.eval_call(self.cfg, net, self.batch["tokens"]))
+        else:
+            raise ValueError(f"unknown side {side!r} or part {part!r}")
+        first_s = common.timed(fn, self.device)
+        return fn, first_s, fn() if part == "eval" else None
 
 
 def serve(setup: Setup, side: str, part: str) -> None:
@@ -296,29 +331,31 @@ def finetune_estimate(result: dict, n_stories: int) -> dict:
            "method": "first call (compile) + (steps - 1) x median step, per side"}
     for side, s in train["sides"].items():
         out[f"{side}_s"] = train["first_call_s"][side] + (n_steps - 1) * s["median_s"]
-    if "gpt1f_eager_s" in out:
-        out["compiled_over_eager"] = out["gpt1f_eager_s"] / out["gpt1f_s"]
+    for side in [s for s in train["sides"] if s != "gpt1f"]:
+        out[f"gpt1f_over_{side}"] = out[f"{side}_s"] / out["gpt1f_s"]
     return out
 
 
-def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int | None = None,
+def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int | None = None,
         steps: int | None = None, peak_flops: float | None = None,
         n_stories: int | None = None, compile_mode: str | None = None,
-        processes: bool = True, eager_side: bool = False, cold_cache: bool = False,
-        packed: bool | None = None, regional: bool = False) -> dict:
+        processes: bool = True, eager_side: bool = False, step_side: bool = False,
+        cold_cache: bool = False, packed: bool | None = None, port: str | None = None) -> dict:
     """Train step and eval forward at the ROCStories shape; returns a JSON-able dict.
 
     On CPU the batch is 8 stories (the issue's comparison); on CUDA 32, the paper's update, so the
     median step times 138 is the fine-tune's step time. bf16 autocast on CUDA, float32 on CPU.
-    ``compile_mode`` goes to ``torch.compile`` (default: ``max-autotune`` on CUDA, inductor's
-    default on CPU). ``processes`` (the default) gives each side its own interpreter, stepped in
-    turn from here (:class:`common.StepProcess`); ``False`` runs both in this process.
-    ``eager_side`` adds gpt1f's eager step (``gpt1f_eager``) and the fine-tune estimate;
-    ``cold_cache`` gives each child process an empty inductor cache; ``packed`` goes to gpt1f's
-    step and scorer (default: padding-free on CPU); ``regional`` compiles gpt1f's train step one
-    block for all layers (``make_train_step(compile="regional")``) instead of as one graph.
+    ``mode``: gpt1f's step (:class:`Setup`). ``compile_mode`` goes to ``torch.compile`` (default:
+    ``max-autotune`` on CUDA, inductor's default on CPU). ``processes`` (the default) gives each
+    side its own interpreter, stepped in turn from here (:class:`common.StepProcess`); ``False``
+    runs them in this process. ``eager_side`` / ``step_side`` add gpt1f's eager / whole-step
+    compiled step (``gpt1f_eager``, ``gpt1f_step``); ``cold_cache`` gives each child process an
+    empty inductor cache; ``packed`` goes to gpt1f's step and scorer (default: padding-free on
+    CPU); ``port`` (default ``$GPT1F_PORT_DIR``) a checkout of the 2018 port, a side when given.
     """
-    setup = Setup(quick, device, compile, n_stories, compile_mode, packed, regional)
+    from . import port2018
+    port = port2018.port_dir(port)
+    setup = Setup(quick, device, mode, n_stories, compile_mode, packed, str(port) if port else None)
     device, cfg, batch = setup.device, setup.cfg, setup.batch
     warmup = warmup if warmup is not None else (1 if quick else 3)
     steps = steps if steps is not None else (3 if quick else 8)
@@ -327,17 +364,18 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
             device, torch.bfloat16 if device.type == "cuda" else torch.float32)["flops_per_s"]
     tokens = batch["tokens"].numel()
     lengths = batch["lengths"].flatten().tolist()
-    sides = (["gpt1f"] + (["gpt1f_eager"] if eager_side and compile else [])
-             + (["transformers"] if transformers_available() else []))
+    sides = (["gpt1f"] + (["gpt1f_eager"] if eager_side and setup.train_compile else [])
+             + (["gpt1f_step"] if step_side and setup.train_compile is not True else [])
+             + (["transformers"] if transformers_available() else []) + (["port"] if port else []))
     result = {"config": {**vars(cfg), "n_stories": setup.n_stories, "n_choices": N_CHOICES,
                          "tokens_per_batch": tokens, "real_tokens": int(batch["mask"].sum()),
                          "lm_coef": LM_COEF, "dtype": "float32",
                          "amp": str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else None},
-              "compile": compile, "compile_kwargs": setup.compile_kwargs, "warmup": warmup,
-              "steps": steps, "peak_flops_per_s": peak_flops,
-              "peer": "transformers" if "transformers" in sides else "not available",
+              "mode": mode, "compile": setup.train_compile, "compile_kwargs": setup.compile_kwargs,
+              "warmup": warmup, "steps": steps, "peak_flops_per_s": peak_flops,
+              "peers": [s for s in sides if not s.startswith("gpt1f")],
               "packed": packed, "sides": sides,
-              "train_compile": ("regional" if regional else "whole step") if compile else None,
+              "train_compile": {True: "whole step", "regional": "regional", False: "eager"}[setup.train_compile],
               "inductor_cache": "cold (a fresh cache per process)" if cold_cache else
               "as found (warm if this machine compiled the same graph before)",
               "isolation": "a process per side" if processes else "one process"}
@@ -378,9 +416,10 @@ def run(quick: bool = False, device="cpu", compile: bool = True, *, warmup: int 
         result[part]["flop_note"] = notes[part]
         if gpu_peaks:
             result[part]["peak_gpu_memory_bytes"] = gpu_peaks   # each side's process, first call included
-        if part == "eval" and "transformers" in outputs:
-            diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs["transformers"])
-            result["eval_max_abs_diff"] = diff.abs().max().item()
+        for peer in ("transformers", "port"):
+            if part == "eval" and peer in outputs:   # same weights: the same scores
+                diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs[peer])
+                result["eval_max_abs_diff" + ("" if peer == "transformers" else "_port")] = diff.abs().max().item()
         del fns
     if setup.n_stories == ROC_STORIES_PER_UPDATE:
         result["train"]["rocstories_run_s"] = {
@@ -394,7 +433,10 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="torch.compile gpt1f's step (default on; --no-compile: eager)")
+                        help="gpt1f's step compiled as train_rocstories.py compiles it here (default); "
+                        "--no-compile: eager")
+    parser.add_argument("--mode", choices=("default", "eager", "regional", "step"), default=None,
+                        help="gpt1f's step: train_rocstories.py's default here, eager, regional or whole step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
@@ -409,24 +451,40 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
                         help="gpt1f's padding-free path (default: on for CPU, off for CUDA)")
     parser.add_argument("--regional", action="store_true",
-                        help="compile gpt1f's train step one block for every layer (gpt1f.regional)")
+                        help="gpt1f's step with regional compilation (gpt1f.regional)")
+    parser.add_argument("--whole-step", action="store_true",
+                        help="gpt1f's step compiled as one graph (make_train_step(compile=True))")
+    parser.add_argument("--step-side", action="store_true",
+                        help="also time gpt1f's whole-step compiled step as a side (gpt1f_step)")
+    parser.add_argument("--port-dir", help="a checkout of huggingface/pytorch-openai-transformer-lm: "
+                        "the 2018 port as a peer (default: $GPT1F_PORT_DIR)")
     parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
     return parser
+
+
+def mode_of(args) -> str:
+    """gpt1f's mode from the flags (``--mode`` wins, then --no-compile, --regional, --whole-step)."""
+    if args.mode:
+        return args.mode
+    if not args.compile:
+        return "eager"
+    return "regional" if args.regional else "step" if args.whole_step else "default"
 
 
 def main(argv=None) -> None:
     args = arg_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    mode = mode_of(args)
     if args.serve:
         side, _, part = args.serve.partition(":")
-        serve(Setup(args.quick, args.device, args.compile, args.stories, args.compile_mode, args.packed,
-                    args.regional), side, part)
+        serve(Setup(args.quick, args.device, mode, args.stories, args.compile_mode, args.packed,
+                    args.port_dir), side, part)
         return
     start = time.perf_counter()
-    result = run(args.quick, args.device, args.compile, warmup=args.warmup, steps=args.steps,
+    result = run(args.quick, args.device, mode, warmup=args.warmup, steps=args.steps,
                  n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes,
-                 eager_side=args.eager_side, cold_cache=args.cold_cache, packed=args.packed,
-                 regional=args.regional)
+                 eager_side=args.eager_side, step_side=args.step_side, cold_cache=args.cold_cache,
+                 packed=args.packed, port=args.port_dir)
     result["wall_s"] = time.perf_counter() - start
     print(json.dumps(result))
 

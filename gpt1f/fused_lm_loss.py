@@ -12,7 +12,7 @@ to ``we`` and ``hidden``, up to float rounding. It differs in how it gets there:
   the head costs ``6 V E`` FLOPs per kept position, as a plain forward and backward would.
 
 The gradients are attached with a surrogate: ``loss + (s - s.detach())`` with
-``s = <we, dL/dwe> + <hidden, dL/dhidden>`` has the loss's value and, by the chain rule, its
+``s = <we, dL/dwe> + <hidden, dL/dhidden>`` (two dot products) has the loss's value and, by the chain rule, its
 gradient. It is plain tensor algebra around one opaque op, so ``torch.func.grad``, ``vmap`` (the
 op loops over the vmapped axis) and ``torch.compile(fullgraph=True)`` all see through it. The price
 of computing gradients eagerly is paid even when only the value is wanted: use ``lm_losses`` for
@@ -53,7 +53,8 @@ def lm_loss_mean(we: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, m
     loss, grad_we, grad_h = torch.ops.gpt1f.lm_loss_mean_and_grads(
         we.detach(), h.detach(), tokens.reshape(-1, t), mask.reshape(-1, t).detach(), chunk_rows,
         device == "cpu")
-    surrogate = (we * grad_we).sum() + (h * grad_h).sum()
+    # dot products: no temporary the size of ``we`` (the surrogate's value cancels anyway)
+    surrogate = torch.dot(we.reshape(-1), grad_we.reshape(-1)) + torch.dot(h.reshape(-1), grad_h.reshape(-1))
     return (loss + (surrogate - surrogate.detach())).to(hidden.dtype)
 
 

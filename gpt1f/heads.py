@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from .checks import check_head_batch, check_inputs
 from .config import Config
 from .dropout_keys import model_key
-from .model import embedding_matrix, lm_losses, packed_hidden, transformer_from_embedding
-from .packing import real_lengths, use_packing
+from .model import embedding_matrix, lm_losses, packed_trunk, transformer_from_embedding
+from .packing import real_lengths, scatter, use_packing
 from .random import dropout
 
 
@@ -37,9 +37,11 @@ def trunk(params, tokens: torch.Tensor, *, cfg: Config, key=None, train: bool = 
     tokens [..., T] -> we [n_rows, E], hidden [..., T, E]; with ``lengths`` [...] the blocks run on
     each row's first ``lengths`` tokens only, and the hidden states after them are 0.
     """
+    if lengths is not None:
+        we, hidden, packing = packed_trunk(params, tokens, lengths, cfg=cfg, key=key, train=train)
+        return we, scatter(hidden, packing).reshape(*tokens.shape, hidden.shape[-1])
     we = embedding_matrix(params, cfg=cfg, key=key, train=train)
-    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train,
-                                          lengths=lengths)
+    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
 
 
 def read_lengths(task: Callable, batch, *, cfg: Config, packed: bool | None) -> torch.Tensor | None:
@@ -185,7 +187,7 @@ def multiple_choice_logits(params, tokens: torch.Tensor, *, cfg: Config,
         _, hidden = trunk(params, tokens, cfg=cfg)
         return clf_head(params, pool_clf_token(hidden, tokens, cfg.clf_token))[..., 0]
     lengths = real_lengths(tokens, cfg.clf_token)                        # [B, C]
-    hidden, _ = packed_hidden(params, params["model/we:0"], tokens, lengths, cfg=cfg)
+    _, hidden, _ = packed_trunk(params, tokens, lengths, cfg=cfg)
     pooled = hidden.index_select(0, lengths.flatten().cumsum(0) - 1)    # each row's last: [B C, E]
     return clf_head(params, pooled.view(*tokens.shape[:2], -1))[..., 0]
 

@@ -39,8 +39,11 @@ ACTIVATION_FNS = {"gelu": gelu, "relu": F.relu, "swish": swish}
 
 
 def conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """TF ``conv1d`` with a width-1 filter, i.e. a dense layer.  [..., nx], [1, nx, nf], [nf] -> [..., nf]"""
-    return torch.matmul(x, w[0]) + b
+    """TF ``conv1d`` with a width-1 filter, i.e. a dense layer.  [..., nx], [1, nx, nf], [nf] -> [..., nf]
+
+    ``w`` is read as ``[nx, nf]`` (``w[0]``'s backward would fill a zero ``[1, nx, nf]`` and copy).
+    """
+    return torch.matmul(x, w.reshape(w.shape[-2:])) + b
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:

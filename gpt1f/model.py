@@ -7,19 +7,21 @@ import torch.nn.functional as F
 from .checks import check_inputs, check_mask
 from .config import Config
 from .dropout_keys import block_key, model_key
-from .packing import Packing, plan, positions, scatter
+from .packing import Packing, plan, scatter
 from .params import scope
-from .random import dropout
-from .regional import current_block
+from .embedding import embedding_rows, lookup
+from .regional import current_block, current_regions
 
 
 def embedding_matrix(params, *, cfg: Config, key=None, train: bool = False) -> torch.Tensor:
     """``model/we:0`` after embedding dropout, as TF drops the whole matrix before the lookup.
 
     One token's mask is therefore shared wherever it occurs, and the tied LM head sees the same
-    dropped matrix (the mask is a pure function of the key).  -> [n_rows, E]
+    dropped matrix (the mask is a pure function of the key). Inside a regional step the dropout is
+    one compiled pass (``gpt1f.regional``), with the same mask.  -> [n_rows, E]
     """
-    return dropout(params["model/we:0"], cfg.embd_pdrop, key=model_key(key, "embd"), train=train)
+    return current_regions().dropout(params["model/we:0"], cfg.embd_pdrop, key=model_key(key, "embd"),
+                                     train=train)
 
 
 def embed(we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config) -> torch.Tensor:
@@ -33,10 +35,7 @@ def embed(we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config) -> torch.Tenso
 
 def embed_packed(we: torch.Tensor, tokens: torch.Tensor, packing: Packing, *, cfg: Config) -> torch.Tensor:
     """:func:`embed` at the real tokens only.  [n_rows, E], [..., T] -> [n_real, E]"""
-    if tokens.shape[-1] > cfg.n_ctx:
-        raise ValueError(f"sequence length {tokens.shape[-1]} exceeds cfg.n_ctx={cfg.n_ctx}")
-    ids = tokens.reshape(-1).index_select(0, packing.index)
-    return we[ids] + we[positions(packing) + cfg.pos_offset]
+    return lookup(we, embedding_rows(tokens, packing, cfg=cfg))
 
 
 def blocks(params, h: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
@@ -59,6 +58,16 @@ def packed_hidden(params, we: torch.Tensor, tokens: torch.Tensor, lengths: torch
     packing = plan(lengths, tokens.shape[-1])
     h = embed_packed(we, tokens, packing, cfg=cfg)
     return blocks(params, h, cfg=cfg, key=key, train=train, packing=packing), packing
+
+
+def packed_trunk(params, tokens: torch.Tensor, lengths: torch.Tensor, *, cfg: Config, key=None,
+                 train: bool = False) -> tuple[torch.Tensor, torch.Tensor, Packing]:
+    """:func:`packed_hidden` from the parameters: embedding dropout and lookup in one step
+    (``gpt1f.regional`` runs them as one node).  -> we [n_rows, E], hidden [n_real, E], Packing"""
+    packing = plan(lengths, tokens.shape[-1])
+    we, h = current_regions().dropped_lookup(params["model/we:0"], embedding_rows(tokens, packing, cfg=cfg),
+                                             cfg.embd_pdrop, key=model_key(key, "embd"), train=train)
+    return we, blocks(params, h, cfg=cfg, key=key, train=train, packing=packing), packing
 
 
 def transformer_from_embedding(params, we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config,

@@ -198,7 +198,6 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
     cfg = AdamConfig(lr, schedule, warmup, t_total, b1, b2, e, l2, vector_l2, max_grad_norm,
                      nonfinite)
     _validate(cfg)
-    schedule_fn = schedules.get(schedule)
 
     def init(params: Params) -> AdamState:
         if not params:
@@ -216,38 +215,14 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
 
     def learning_rate(state: AdamState) -> torch.Tensor:
         """The scheduled rate of the next update (before bias correction). -> float64 []"""
-        t1 = state.count.to(torch.float64) + 1
-        return state.lr.to(torch.float64) * schedule_fn(t1 / t_total, warmup)
-
-    def scalars(state: AdamState, norm: torch.Tensor) -> _Scalars:
-        ok = torch.isfinite(norm)
-        t1 = state.count.to(torch.float64) + 1
-        lrt = learning_rate(state) * torch.sqrt(1 - b2 ** t1) / (1 - b1 ** t1)
-        one, zero = torch.ones_like(t1), torch.zeros_like(t1)
-        pick = lambda value, skipped: torch.where(ok, one * value, skipped)  # noqa: E731
-        scale = clip_factor(norm, max_grad_norm) if max_grad_norm > 0 else torch.ones_like(norm)
-        return _Scalars(ok, torch.where(ok, scale, 0), pick(b1, one), pick(1 - b1, zero),
-                        pick(b2, one), pick(1 - b2, zero), torch.where(ok, lrt, zero))
-
-    def prepare(grads, state, params, norm):
-        """Checks (static under compile), the global norm and the scalars per moment dtype."""
-        check_like_params("grads", grads, params)
-        check_like_params("state.mu", state.mu, params)
-        check_like_params("state.nu", state.nu, params)
-        norm = global_norm(grads) if norm is None else norm
-        if nonfinite == "raise" and not torch.compiler.is_compiling():
-            _raise_if_nonfinite(grads, norm)
-        s = scalars(state, norm)
-        by_dtype = {dt: s.to(dt) for dt in dict.fromkeys(m.dtype for m in state.mu.values())}
-        decayed = {k: l2 > 0 and is_decayed(p.shape, vector_l2) for k, p in params.items()}
-        return by_dtype, decayed, s.ok
+        return scheduled_lr(cfg, state)
 
     def next_counts(state: AdamState, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return state.count + ok.to(torch.int64), state.skipped + (~ok).to(torch.int64)
 
     def update(grads: Params, state: AdamState, params: Params, *,
                grad_norm: torch.Tensor | None = None) -> tuple[Params, AdamState]:
-        by_dtype, decayed, ok = prepare(grads, state, params, grad_norm)
+        by_dtype, decayed, ok = prepare_update(cfg, grads, state, params, grad_norm)
         new_p, new_m, new_v = {}, {}, {}
         for k, p in params.items():
             m, v = state.mu[k], state.nu[k]
@@ -260,7 +235,7 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
     @torch.no_grad()
     def update_(grads: Params, state: AdamState, params: Params, *,
                 grad_norm: torch.Tensor | None = None) -> tuple[Params, AdamState]:
-        by_dtype, decayed, ok = prepare(grads, state, params, grad_norm)
+        by_dtype, decayed, ok = prepare_update(cfg, grads, state, params, grad_norm)
         finite = torch.ones_like(ok)   # cleared by a group whose new params are not all finite
         for dtype, s in by_dtype.items():
             keys = [k for k, m in state.mu.items() if m.dtype == dtype]
@@ -273,6 +248,42 @@ def openai_adam(lr: float = 6.25e-5, *, schedule: str | Callable = "warmup_linea
         return params, state
 
     return Optimizer(init, update, update_, learning_rate, cfg)
+
+
+def scheduled_lr(cfg: AdamConfig, state: AdamState) -> torch.Tensor:
+    """``lr * schedule((count + 1) / t_total)``: the next update's rate. -> float64 []"""
+    t1 = state.count.to(torch.float64) + 1
+    return state.lr.to(torch.float64) * schedules.get(cfg.schedule)(t1 / cfg.t_total, cfg.warmup)
+
+
+def step_scalars(cfg: AdamConfig, state: AdamState, norm: torch.Tensor) -> _Scalars:
+    """The 0-dim factors of the next update given the gradients' global norm (float64)."""
+    ok = torch.isfinite(norm)
+    t1 = state.count.to(torch.float64) + 1
+    lrt = scheduled_lr(cfg, state) * torch.sqrt(1 - cfg.b2 ** t1) / (1 - cfg.b1 ** t1)
+    one, zero = torch.ones_like(t1), torch.zeros_like(t1)
+    pick = lambda value, skipped: torch.where(ok, one * value, skipped)  # noqa: E731
+    scale = clip_factor(norm, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.ones_like(norm)
+    return _Scalars(ok, torch.where(ok, scale, 0), pick(cfg.b1, one), pick(1 - cfg.b1, zero),
+                    pick(cfg.b2, one), pick(1 - cfg.b2, zero), torch.where(ok, lrt, zero))
+
+
+def prepare_update(cfg: AdamConfig, grads: Params, state: AdamState, params: Params,
+                   norm: torch.Tensor | None):
+    """What every update variant starts with: the key and shape checks (static under compile),
+    the global norm (unless given), the host check of ``nonfinite='raise'`` (eager only), the
+    step's scalars in each moment dtype and which tensors decay.
+    -> ``({dtype: _Scalars}, {name: decays}, ok [] bool)``"""
+    check_like_params("grads", grads, params)
+    check_like_params("state.mu", state.mu, params)
+    check_like_params("state.nu", state.nu, params)
+    norm = global_norm(grads) if norm is None else norm
+    if cfg.nonfinite == "raise" and not torch.compiler.is_compiling():
+        _raise_if_nonfinite(grads, norm)
+    s = step_scalars(cfg, state, norm)
+    by_dtype = {dt: s.to(dt) for dt in dict.fromkeys(m.dtype for m in state.mu.values())}
+    decayed = {k: cfg.l2 > 0 and is_decayed(p.shape, cfg.vector_l2) for k, p in params.items()}
+    return by_dtype, decayed, s.ok
 
 
 def _adam_leaf(p, g, m, v, s: _Scalars, *, e: float, l2: float):

@@ -378,4 +378,4 @@ def test_finetune_estimate_adds_the_first_call_to_the_remaining_median_steps():
     assert est["steps"] == 138 * 32 // 8
     assert est["gpt1f_s"] == 100.0 + (est["steps"] - 1) * 1.0
     assert est["gpt1f_eager_s"] == 3.0 + (est["steps"] - 1) * 2.0
-    assert est["compiled_over_eager"] == est["gpt1f_eager_s"] / est["gpt1f_s"]
+    assert est["gpt1f_over_gpt1f_eager"] == est["gpt1f_eager_s"] / est["gpt1f_s"]

@@ -44,16 +44,17 @@ def test_using_block_routes_every_layer_and_is_undone_after():
     assert len(calls) == CFG.n_layer and regional.current_block() is block
 
 
-def test_regional_step_equals_eager_with_one_block_graph_for_every_layer_and_length():
+def test_regional_step_equals_eager_with_one_graph_per_region_for_every_layer_and_length():
     """aot_eager: the same ops as eager, so the two agree to float64 rounding. The first step
-    compiles the block once for both layers (one graph holds a layer norm) and, asked to, the
-    optimizer update; later steps, with other real lengths, compile nothing."""
+    compiles the block once for both layers (one graph holds a layer norm), the dropout of ``we``
+    once, and the fused optimizer's two passes once for every size (and once for size 1); later
+    steps, with other real lengths, compile nothing."""
     from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()
     params, opt = make_params(), moving_opt()
     counter = CompileCounterWithBackend("aot_eager")
-    compiled = make_train_step(CFG, opt, compile="regional", backend=counter, compile_update=True)
-    eager = make_train_step(CFG, opt)
+    compiled = make_train_step(CFG, opt, compile="regional", backend=counter, inplace=True)
+    eager = make_train_step(CFG, opt, inplace=True)
     p_c, s_c = {k: v.clone() for k, v in params.items()}, opt.init(params)
     p_e, s_e = {k: v.clone() for k, v in params.items()}, opt.init(params)
     n_real, frames = set(), []
@@ -67,10 +68,14 @@ def test_regional_step_equals_eager_with_one_block_graph_for_every_layer_and_len
             torch.testing.assert_close(m_c[name], m_e[name], rtol=0, atol=1e-12, msg=name)
     for name in params:
         torch.testing.assert_close(p_c[name], p_e[name], rtol=0, atol=1e-12, msg=name)
+        torch.testing.assert_close(s_c.mu[name], s_e.mu[name], rtol=0, atol=1e-12, msg=name)
+    assert int(s_c.count) == 4
     assert len(n_real) >= 3
     assert frames == frames[:1] * 4, f"recompiled: {frames}"
-    assert sum("layer_norm" in g.code for g in counter.graphs) == 1
-    assert sum("sqrt" in g.code for g in counter.graphs) == 1       # the Adam update
+    codes = [g.code for g in counter.graphs]
+    assert sum("layer_norm" in c for c in codes) == 1
+    assert sum(">> 16" in c and "layer_norm" not in c for c in codes) == 1    # the hash of we's dropout
+    assert sum("sqrt" in c for c in codes) == 4   # moments_ and apply_: sizes >= 2, and clf/b's 1
 
 
 def test_inductor_regional_step_matches_eager_in_float32():

@@ -136,7 +136,7 @@ def _run_seeds(args, world: World, *, task: Task, desc: str, prepare: Callable[[
             raise BadInput(f"{n_train} training examples make no batch of --n_batch x --accum = "
                            f"{args.n_batch * args.accum}")
         cfg = flags.model_config(args, n_vocab=data.n_vocab, n_ctx=data.n_ctx)
-        settings = flags.settings(args, dp_noise=dp_noise(args, n_train))
+        settings = flags.settings(args, cfg=cfg, dp_noise=dp_noise(args, n_train))
         settings = dataclasses.replace(settings, device=str(world.device), world=world)
         if world.distributed and args.compile is None:   # the compiled data-parallel step is
             settings = dataclasses.replace(settings, compile=False)   # untested: opt in only

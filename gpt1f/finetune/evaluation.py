@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..distributed import World, gather_rows, row_shard
+from .. import regional
 from ..packing import compile_packed
 from ..heads import clf_head, multiple_choice_logits, pool_clf_token, trunk
 from . import metrics
@@ -37,9 +38,12 @@ EVAL_LOGITS = {"multiple_choice": multiple_choice_logits, "classify": classify_l
                "similarity": similarity_logits}
 
 
-def make_scorer(task: Task, cfg: Config, compile: bool) -> Callable:
-    """``scores(params, tokens) -> logits`` of ``task``'s head: no LM head, no dropout."""
+def make_scorer(task: Task, cfg: Config, compile: bool | str) -> Callable:
+    """``scores(params, tokens) -> logits`` of ``task``'s head: no LM head, no dropout; compiled
+    as one graph (``compile=True``), or with the blocks of ``gpt1f.regional`` (``'regional'``)."""
     fn = functools.partial(EVAL_LOGITS[task.head], cfg=cfg)
+    if compile == "regional":
+        return regional.with_regions(fn)
     return compile_packed(fn, fullgraph=True) if compile else fn   # real-token count: dynamic
 
 

@@ -67,9 +67,14 @@ def add_flags(p: argparse.ArgumentParser, *, submission_name: str) -> None:
     p.add_argument("--device", type=str, default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", type=str, default="fp32", choices=("fp32", "bf16"),
                    help="bf16: autocast the forward (parameters and optimizer stay float32)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the train step and eval forward (default: on for CUDA in one "
-                   "process; off under torchrun)")
+    p.add_argument("--compile", nargs="?", const="step", choices=COMPILE_MODES, default=None,
+                   help="torch.compile the train step and eval forward: 'step' (the default value) "
+                   "compiles each as one graph, 'regional' one block for every layer plus the dropout "
+                   "of we and the optimizer update (gpt1f.regional; a short compile). Default: 'step' "
+                   "on CUDA, 'regional' on CPU for GPT-1-sized models, eager otherwise and under "
+                   "torchrun (see gpt1f.finetune.flags.auto_compile)")
+    p.add_argument("--no-compile", "--no_compile", dest="compile", action="store_const", const="off",
+                   help="run eagerly")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--limit_heap", action="store_true",
@@ -164,8 +169,10 @@ def check_research_flags(args) -> None:
             raise BadInput(f"--dp_delta={args.dp_delta} must lie in (0, 1)")
         if args.vmap_seeds or args.lora_rank is not None:
             raise BadInput("DP-SGD runs alone: drop --vmap_seeds / --lora_rank")
-        if args.compile:
+        if args.compile in COMPILE_MODES:
             raise BadInput("DP-SGD batches vary in size (Poisson sampling): drop --compile")
+    if args.compile == "regional" and (args.vmap_seeds or args.lora_rank is not None):
+        raise BadInput("--compile regional runs the plain step: drop it for --vmap_seeds / --lora_rank")
     if args.lora_rank is not None:
         if args.lora_rank < 1:
             raise BadInput(f"--lora_rank={args.lora_rank} must be at least 1")
@@ -208,8 +215,7 @@ def check_args(args) -> None:
     check_research_flags(args)
     release_checksums(args)
     try:
-        model_config(args, n_vocab=1, n_ctx=8)
-        make_optimizer(settings(args), t_total=1)
+        make_optimizer(settings(args, cfg=model_config(args, n_vocab=1, n_ctx=8)), t_total=1)
     except ValueError as e:
         raise BadInput(str(e).replace("Config.", "--")) from None
 
@@ -226,7 +232,40 @@ def model_config(args, *, n_vocab: int, n_ctx: int) -> Config:
                   pretrained=args.n_transfer >= 0)
 
 
-def settings(args, *, dp_noise: float | None = None) -> Settings:
+COMPILE_MODES = ("step", "regional")
+REGIONAL_MIN_BLOCK_PARAMS = 20_000_000   # GPT-1's 12 blocks hold 85M; the tests' tiny configs < 0.1M
+
+
+def auto_compile(device: str, cfg: Config, *, plain: bool = True) -> bool | str:
+    """The compile mode when ``--compile`` is not given: the whole step on CUDA; on CPU, for the
+    plain step (not DP-SGD, LoRA or vmapped seeds) of a model whose blocks hold at least
+    ``REGIONAL_MIN_BLOCK_PARAMS``, the regional compile, which measured faster than eager over a
+    whole 117M ROCStories fine-tune, cold compile included (README, "Speed on CPU"); eager for
+    smaller models, whose runs are too short to pay a compile back, or without a C++ compiler."""
+    if torch.device(device).type == "cuda":
+        return True
+    block_params = 12 * cfg.n_layer * cfg.n_embd ** 2
+    return "regional" if plain and block_params >= REGIONAL_MIN_BLOCK_PARAMS and has_cpp_compiler() else False
+
+
+def has_cpp_compiler() -> bool:
+    """Whether inductor finds the C++ compiler it builds CPU kernels with."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+        return True
+    except Exception:
+        return False
+
+
+def compile_setting(flag: str | None, *, device: str, cfg: Config, plain: bool) -> bool | str:
+    """``--compile``'s value as ``make_train_step`` takes it: True, 'regional' or False."""
+    if flag is None:
+        return auto_compile(device, cfg, plain=plain)
+    return {"step": True, "regional": "regional", "off": False}[flag]
+
+
+def settings(args, *, cfg: Config, dp_noise: float | None = None) -> Settings:
     """The loop's settings from the flags (``dp_noise``: the noise found for --dp_epsilon)."""
     device = device_name(args)
     dp = None
@@ -239,7 +278,7 @@ def settings(args, *, dp_noise: float | None = None) -> Settings:
         lr=args.lr, lr_warmup=args.lr_warmup, lr_schedule=args.lr_schedule, b1=args.b1,
         b2=args.b2, e=args.e, l2=args.l2, vector_l2=args.vector_l2, max_grad_norm=args.max_grad_norm,
         save_every=args.save_every, device=device, dtype=args.dtype,
-        compile=args.compile if args.compile is not None else torch.device(device).type == "cuda",
+        compile=compile_setting(args.compile, device=device, cfg=cfg, plain=not (dp or lora or args.vmap_seeds)),
         submit=args.submit, plot=args.plot, resume=args.resume, vmap_seeds=args.vmap_seeds,
         dp=dp, lora=lora)
 

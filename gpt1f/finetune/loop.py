@@ -89,7 +89,7 @@ class Settings:
     save_every: int = 100           # checkpoint every N updates and at every epoch end; 0: ends
     device: str = "cpu"
     dtype: str = "fp32"             # bf16: autocast the forward
-    compile: bool = False
+    compile: bool | str = False     # make_train_step's: False, True (the whole step), "regional"
     submit: bool = False            # write the test predictions
     plot: bool = False
     resume: bool = False
@@ -195,7 +195,10 @@ def make_trainer(task: Task, cfg: Config, opt: optim.Optimizer, s: Settings,
     else:
         share = distributed.micro_batch_share(s.accum, s.world)
         reduce = distributed.grad_reducer(s.world) if s.world.distributed else None
-        step = _state_step(make_train_step(cfg, opt, compile=s.compile, **{**common, "accum": share.count},
+        # in place: the loop holds one copy of the parameters and moments, and the update does
+        # not allocate 117M-float tensors (the initial parameters are the loop's own: fine_tune)
+        step = _state_step(make_train_step(cfg, opt, compile=s.compile, inplace=True,
+                                           **{**common, "accum": share.count},
                                            micro_batches=(share.offset, share.total),
                                            reduce_grads=reduce), "params")
     return Trainer(step, lambda state, params: state["params"],
@@ -245,7 +248,8 @@ def fine_tune(task: Task, data: Data, cfg: Config, s: Settings, lanes: list[Lane
     """Train every lane from its initial (or resumed) state; evaluate, log and checkpoint as TF.
 
     ``initial_params(seed)``: a lane's parameters before fine-tuning (pre-trained or drawn), on
-    any device. Lanes run together when ``s.vmap_seeds``, else there is one.
+    any device; fresh tensors for each call, since the plain step trains them in place. Lanes run
+    together when ``s.vmap_seeds``, else there is one.
     """
     job = setup(task, data, cfg, s, lanes, initial_params)
     states, progress = start(job)
