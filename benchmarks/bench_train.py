@@ -16,7 +16,7 @@ inductor cache, so gpt1f's first call is a cold compile. MFU is reported against
 padded batch (``mfu``) and of its real tokens (``mfu_real``).
 
     python -m benchmarks.bench_train [--quick] [--device cuda] [--no-compile] [--eager-side] [--cold-cache]
-    python -m benchmarks.bench_train --port-dir PATH [--step-side] [--regional] [--whole-step]
+    python -m benchmarks.bench_train --port-dir PATH [--step-side] [--alone 2] [--regional] [--whole-step]
     python -m benchmarks.bench_train --no-packed [--compile-mode default]
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import math
+import statistics
 import tempfile
 import time
 
@@ -336,11 +337,41 @@ def finetune_estimate(result: dict, n_stories: int) -> dict:
     return out
 
 
+def alone(setup: Setup, sides: list[str], *, rounds: int, warmup: int, steps: int,
+          cold_cache: bool) -> dict:
+    """The train step of each side alone: ``rounds`` times, side after side, a fresh process that
+    builds, warms up and times ``steps`` steps with nothing else stepping beside it. The ratio of
+    each round's medians and its spread over the rounds."""
+    per_round = []
+    for _ in range(rounds):
+        medians = {}
+        for side in sides:
+            proc = common.StepProcess("benchmarks.bench_train", ["--serve", f"{side}:train", *setup.argv()],
+                                      fresh_cache_env() if cold_cache else None)
+            try:
+                times = common.interleaved({side: proc}, warmup=warmup, steps=steps, device=setup.device)[side]
+            finally:
+                proc.close()
+            medians[side] = common.summary(times)
+        per_round.append(medians)
+    out = {"method": "each side alone in a fresh process, one after the other, every round",
+           "rounds": per_round,
+           "sides": {side: {"median_s": statistics.median(r[side]["median_s"] for r in per_round)}
+                     for side in sides}}
+    for peer, suffix in (("transformers", ""), ("port", "_port")):
+        if peer in sides:
+            ratios = [r[peer]["median_s"] / r["gpt1f"]["median_s"] for r in per_round]
+            out["speedup" + suffix] = {"median": statistics.median(ratios), "min": min(ratios),
+                                       "max": max(ratios), "ratios": ratios}
+    return out
+
+
 def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int | None = None,
         steps: int | None = None, peak_flops: float | None = None,
         n_stories: int | None = None, compile_mode: str | None = None,
         processes: bool = True, eager_side: bool = False, step_side: bool = False,
-        cold_cache: bool = False, packed: bool | None = None, port: str | None = None) -> dict:
+        cold_cache: bool = False, packed: bool | None = None, port: str | None = None,
+        alone_rounds: int = 0) -> dict:
     """Train step and eval forward at the ROCStories shape; returns a JSON-able dict.
 
     On CPU the batch is 8 stories (the issue's comparison); on CUDA 32, the paper's update, so the
@@ -351,7 +382,8 @@ def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int
     runs them in this process. ``eager_side`` / ``step_side`` add gpt1f's eager / whole-step
     compiled step (``gpt1f_eager``, ``gpt1f_step``); ``cold_cache`` gives each child process an
     empty inductor cache; ``packed`` goes to gpt1f's step and scorer (default: padding-free on
-    CPU); ``port`` (default ``$GPT1F_PORT_DIR``) a checkout of the 2018 port, a side when given.
+    CPU); ``port`` (default ``$GPT1F_PORT_DIR``) a checkout of the 2018 port, a side when given;
+    ``alone_rounds`` adds ``train_alone`` (:func:`alone`), the conservative reading.
     """
     from . import port2018
     port = port2018.port_dir(port)
@@ -421,6 +453,9 @@ def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int
                 diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs[peer])
                 result["eval_max_abs_diff" + ("" if peer == "transformers" else "_port")] = diff.abs().max().item()
         del fns
+    if alone_rounds and processes:
+        result["train_alone"] = alone(setup, sides, rounds=alone_rounds, warmup=warmup, steps=steps,
+                                      cold_cache=cold_cache)
     if setup.n_stories == ROC_STORIES_PER_UPDATE:
         result["train"]["rocstories_run_s"] = {
             side: ROC_UPDATES * s["median_s"] for side, s in result["train"]["sides"].items()}
@@ -456,6 +491,8 @@ def arg_parser() -> argparse.ArgumentParser:
                         help="gpt1f's step compiled as one graph (make_train_step(compile=True))")
     parser.add_argument("--step-side", action="store_true",
                         help="also time gpt1f's whole-step compiled step as a side (gpt1f_step)")
+    parser.add_argument("--alone", type=int, default=0, metavar="ROUNDS",
+                        help="also time each side's train step alone, side after side, ROUNDS times")
     parser.add_argument("--port-dir", help="a checkout of huggingface/pytorch-openai-transformer-lm: "
                         "the 2018 port as a peer (default: $GPT1F_PORT_DIR)")
     parser.add_argument("--serve", metavar="SIDE:PART", help=argparse.SUPPRESS)
@@ -484,7 +521,7 @@ def main(argv=None) -> None:
     result = run(args.quick, args.device, mode, warmup=args.warmup, steps=args.steps,
                  n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes,
                  eager_side=args.eager_side, step_side=args.step_side, cold_cache=args.cold_cache,
-                 packed=args.packed, port=args.port_dir)
+                 packed=args.packed, port=args.port_dir, alone_rounds=args.alone)
     result["wall_s"] = time.perf_counter() - start
     print(json.dumps(result))
 

@@ -379,3 +379,32 @@ def test_finetune_estimate_adds_the_first_call_to_the_remaining_median_steps():
     assert est["gpt1f_s"] == 100.0 + (est["steps"] - 1) * 1.0
     assert est["gpt1f_eager_s"] == 3.0 + (est["steps"] - 1) * 2.0
     assert est["gpt1f_over_gpt1f_eager"] == est["gpt1f_eager_s"] / est["gpt1f_s"]
+
+
+def test_the_2018_port_adapter_maps_every_parameter_once_and_names_a_wrong_folder(tmp_path):
+    from benchmarks import port2018
+    cfg = gpt1f.Config.tiny()
+    params = gpt1f.init_params(cfg, seed=0)
+    state = port2018.state_dict(cfg, params)
+    assert len(state) == len(params)
+    assert sum(v.numel() for v in state.values()) == sum(v.numel() for v in params.values())
+    assert state["transformer.h.1.mlp.c_fc.w"].shape == (cfg.n_embd, 4 * cfg.n_embd)
+    with pytest.raises(FileNotFoundError, match="model_pytorch.py"):
+        port2018.load_modules(tmp_path)
+
+
+@pytest.mark.skipif(not os.environ.get("GPT1F_PORT_DIR"),
+                    reason="needs a checkout of the 2018 port in $GPT1F_PORT_DIR (not part of this project)")
+def test_the_2018_port_scores_what_gpt1f_scores_and_trains():
+    from benchmarks import port2018
+    cfg = bench_train.bench_config(quick=True)
+    params = gpt1f.init_params(cfg, seed=0)
+    batch = bench_train.rocstories_batch(cfg, n_stories=3)
+    modules = port2018.load_modules(port2018.port_dir())
+    net = port2018.model(cfg, params, modules)
+    want = gpt1f.multiple_choice_logits(params, batch["tokens"], cfg=cfg)
+    torch.testing.assert_close(port2018.eval_call(cfg, net, batch["tokens"])(), want, rtol=1e-5, atol=1e-5)
+    step = port2018.train_step(cfg, net, bench_train.gpt1f_batch(batch), modules, lm_coef=0.5, t_total=10)
+    before = net.transformer.embed.weight.detach().clone()
+    assert math.isfinite(step())
+    assert not torch.equal(net.transformer.embed.weight, before)
