@@ -453,9 +453,9 @@ def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int
                 diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs[peer])
                 result["eval_max_abs_diff" + ("" if peer == "transformers" else "_port")] = diff.abs().max().item()
         del fns
-    if alone_rounds and processes:
-        result["train_alone"] = alone(setup, sides, rounds=alone_rounds, warmup=warmup, steps=steps,
-                                      cold_cache=cold_cache)
+    if alone_rounds and processes:   # gpt1f's mode against the peers
+        result["train_alone"] = alone(setup, [s for s in sides if s not in GPT1F_SIDES],
+                                      rounds=alone_rounds, warmup=warmup, steps=steps, cold_cache=cold_cache)
     if setup.n_stories == ROC_STORIES_PER_UPDATE:
         result["train"]["rocstories_run_s"] = {
             side: ROC_UPDATES * s["median_s"] for side, s in result["train"]["sides"].items()}
