@@ -11,6 +11,8 @@ same values, so that neither side's writes touch the other's tensors. Peers, run
 - ``gpt1f_update_``: ``opt.update_`` in eager mode (``torch._foreach_*``, in place).
 - ``gpt1f_update_compiled``: ``torch.compile(opt.update_, fullgraph=True)``; compile time is
   reported apart. This is the headline number.
+- ``gpt1f_fused_update_``: ``gpt1f.fused_adam.fused_update_(opt)``, two compiled passes a tensor
+  (one small graph each for every size), the update of the regional train step, CPU's default.
 - On CUDA also ``gpt1f_update_combo`` (inductor's ``combo_kernels``: the per-tensor kernels fused
   horizontally, fewer launches) and ``gpt1f_update_cudagraphs`` (``mode='reduce-overhead'``, every
   tensor marked a static address so the in-place update can be captured as a CUDA graph; this
@@ -77,6 +79,17 @@ def compiled_update(opt, grads, params, device, *, static: bool = False, **compi
     return step, timed(step, device)
 
 
+def fused_update(opt, grads, params, device):
+    """``(step, compile_seconds)`` for ``gpt1f.fused_adam.fused_update_(opt)`` on its own copy of
+    the parameters and state; the first call (timed apart) compiles its two graphs."""
+    from gpt1f.fused_adam import fused_update_
+    params = {k: v.clone() for k, v in params.items()}
+    state = opt.init(params)
+    update_ = fused_update_(opt)
+    step = lambda: update_(grads, state, params)  # noqa: E731
+    return step, timed(step, device)
+
+
 def run(quick: bool = False, device: str = "cpu", *, compile: bool = True,
         warmup: int | None = None, steps: int | None = None) -> dict:
     """Per-step seconds of every peer, medians, and ours / AdamW time ratios."""
@@ -93,6 +106,7 @@ def run(quick: bool = False, device: str = "cpu", *, compile: bool = True,
              "gpt1f_update_": lambda: opt.update_(grads, state, params)}
     compile_s = {}
     if compile:
+        peers["gpt1f_fused_update_"], compile_s["gpt1f_fused_update_"] = fused_update(opt, grads, params, device)
         variants = {"gpt1f_update_compiled": {}}
         if torch.device(device).type == "cuda":
             variants["gpt1f_update_combo"] = {"options": {"combo_kernels": True}}

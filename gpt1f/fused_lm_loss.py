@@ -53,9 +53,43 @@ def lm_loss_mean(we: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, m
     loss, grad_we, grad_h = torch.ops.gpt1f.lm_loss_mean_and_grads(
         we.detach(), h.detach(), tokens.reshape(-1, t), mask.reshape(-1, t).detach(), chunk_rows,
         device == "cpu")
+    if _plain_autograd(we, h):
+        return _AttachGrads.apply(loss, we, h, grad_we, grad_h).to(hidden.dtype)
     # dot products: no temporary the size of ``we`` (the surrogate's value cancels anyway)
     surrogate = torch.dot(we.reshape(-1), grad_we.reshape(-1)) + torch.dot(h.reshape(-1), grad_h.reshape(-1))
     return (loss + (surrogate - surrogate.detach())).to(hidden.dtype)
+
+
+def _plain_autograd(*tensors: torch.Tensor) -> bool:
+    """Gradients by ``torch.autograd`` itself: not traced by ``torch.compile``, no ``torch.func``
+    transform around (their wrappers), so an ``autograd.Function`` may reuse its buffers."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+FRESH_GRAD = "_gpt1f_fresh_grad"   # marks a gradient buffer no one else holds (see _AttachGrads)
+
+
+class _AttachGrads(torch.autograd.Function):
+    """``loss`` whose gradients with respect to ``we`` and ``hidden`` are the op's, times the
+    incoming gradient: the surrogate's job under plain autograd, without the surrogate's ``[V, E]``
+    product in backward. The op's gradient buffers are scaled in place and handed on marked
+    ``FRESH_GRAD``: held by no one else, so the next node (``gpt1f.regional``'s embedding node) may
+    write into them too. A second backward through the same graph fails on the version counter."""
+
+    @staticmethod
+    def forward(ctx, loss, we, hidden, grad_we, grad_hidden):
+        ctx.save_for_backward(grad_we, grad_hidden)
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_we, grad_hidden = ctx.saved_tensors
+        grad = grad.to(grad_we.dtype)
+        grad_we, grad_hidden = grad_we.mul_(grad), grad_hidden.mul_(grad)
+        setattr(grad_we, FRESH_GRAD, True)
+        return grad, grad_we, grad_hidden, None, None
 
 
 @torch.library.custom_op("gpt1f::lm_loss_mean_and_grads", mutates_args=())

@@ -29,6 +29,7 @@ import torch
 from .config import Config
 from .embedding import dropped_lookup, lookup
 from .fused_adam import fused_update_
+from .fused_lm_loss import FRESH_GRAD
 from .layers import block
 from .packing import Packing
 from .random import dropout
@@ -99,15 +100,20 @@ def compiled_block(**compile_kwargs) -> Callable:
 
 
 def _dropout_graphs(**compile_kwargs) -> Callable:
-    """``graph(p)``: one compiled ``x, key -> dropout(x, p)`` per rate, for every shape."""
-    graphs: dict[float, Callable] = {}
+    """``graph(p, inplace=False)``: one compiled ``x, key -> dropout(x, p)`` per rate (written
+    into ``x`` with ``inplace``), for every shape."""
+    graphs: dict[tuple[float, bool], Callable] = {}
 
-    def graph(p: float) -> Callable:
-        if p not in graphs:
+    def graph(p: float, inplace: bool = False) -> Callable:
+        if (p, inplace) not in graphs:
             def drop(x, key):                   # p a constant of the graph, not an input
                 return dropout(x, p, key=key, train=True)
-            graphs[p] = torch.compile(drop, fullgraph=True, dynamic=True, **compile_kwargs)
-        return graphs[p]
+
+            def drop_(x, key):
+                x.copy_(dropout(x, p, key=key, train=True))
+            graphs[p, inplace] = torch.compile(drop_ if inplace else drop, fullgraph=True, dynamic=True,
+                                               **compile_kwargs)
+        return graphs[p, inplace]
     return graph
 
 
@@ -125,8 +131,10 @@ class _DroppedLookup(torch.autograd.Function):
     """``gpt1f.embedding.dropped_lookup`` as one autograd node. Forward: the compiled dropout of
     ``we`` and the lookup in it. Backward: the gradient of ``we`` is ``mask * (g_we + the looked-up
     rows' gradients scattered)``: one compiled pass over ``g_we`` into a fresh buffer, then the
-    rows' gradients, masked at their elements' counters, added into it. Eagerly, autograd would
-    fill a zero ``[n_rows, E]`` for the lookup, add the two and mask the sum, a buffer each."""
+    rows' gradients, masked at their elements' counters, added into it. The pass writes into
+    ``g_we`` itself when that is the fused LM loss's buffer (``FRESH_GRAD``), which no one else
+    holds. Eagerly, autograd would fill a zero ``[n_rows, E]`` for the lookup, add the two and
+    mask the sum, a buffer each."""
 
     @staticmethod
     def forward(ctx, we, rows, key, p: float, graph):
@@ -141,6 +149,10 @@ class _DroppedLookup(torch.autograd.Function):
         shape, dtype, device = ctx.we
         if grad_we is None:                          # no LM head: the lookup's gradient alone
             grad = torch.zeros(shape, dtype=dtype, device=device)
+        elif getattr(grad_we, FRESH_GRAD, False):    # the LM loss's own buffer: masked in place
+            delattr(grad_we, FRESH_GRAD)             # it becomes we's gradient, an ordinary one
+            ctx.graph(ctx.p, inplace=True)(grad_we, key)
+            grad = grad_we
         else:
             grad = ctx.graph(ctx.p)(grad_we, key)
         if grad_embedded is None:

@@ -178,3 +178,20 @@ def test_under_autocast_the_head_runs_in_the_autocast_dtype_like_the_plain_loss(
     assert fused.dtype == plain.dtype == torch.float32
     torch.testing.assert_close(fused, plain, rtol=1e-2, atol=0)
     assert not torch.equal(fused, reference(*args))     # the matmuls did run in bf16
+
+
+def test_under_plain_autograd_the_gradient_buffers_are_scaled_in_place_and_used_once():
+    """torch.autograd (the regional step's) attaches the op's gradients with an autograd.Function
+    that scales them in place by the incoming gradient; a second backward through the same graph
+    is refused rather than silently wrong."""
+    from gpt1f.fused_lm_loss import FRESH_GRAD
+    we, hidden, tokens, mask = inputs()
+    we, hidden = we.clone().requires_grad_(), hidden.clone().requires_grad_()
+    want = torch.autograd.grad(3.0 * reference(we, hidden, tokens, mask), (we, hidden))
+    loss = 3.0 * lm_loss_mean(we, hidden, tokens, mask)
+    got = torch.autograd.grad(loss, (we, hidden), retain_graph=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert getattr(got[0], FRESH_GRAD, False)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, (we, hidden))
