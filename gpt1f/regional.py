@@ -8,12 +8,15 @@ compiled region, each one graph with dynamic sizes reused for every call:
 - the block: every layer's call goes through one ``torch.compile``d function whose inputs are that
   block's parameters, the hidden states, the block's dropout key and the packing plan (a new
   number of real tokens does not recompile);
-- the dropout of the whole ``we`` matrix (``gpt1f.model.embedding_matrix``): eagerly, its counter
-  hash is some 25 passes over ``[n_rows, E]``, each a fresh 125 MB tensor at 117M; compiled, one
-  pass forward and one backward, the mask recomputed from the key;
+- the dropout of the whole ``we`` matrix and the embedding lookup in it, as one autograd node
+  (``gpt1f.model.packed_trunk``): eagerly, the counter hash is some 25 passes over
+  ``[n_rows, E]``, each a fresh 125 MB tensor at 117M, and the backward fills, adds and masks
+  more; here one compiled pass forward and one backward (the mask recomputed from the key),
+  written into the fused LM loss's gradient buffer;
 - with ``inplace=True``, the optimizer update: ``gpt1f.fused_adam``'s two fused passes a tensor.
 
-Gradients equal the eager step's up to float rounding (tests: ``tests/test_regional.py``).
+On this project's 2-core CPU, fresh tensors the size of ``we`` cost tens of milliseconds each in
+page faults, so the regions avoid them where the data flow allows. Gradients equal the eager step's up to float rounding (tests: ``tests/test_regional.py``).
 
     step = gpt1f.train.make_train_step(cfg, opt, compile="regional", inplace=True)
 """
