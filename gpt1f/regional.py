@@ -16,7 +16,8 @@ compiled region, each one graph with dynamic sizes reused for every call:
 - with ``inplace=True``, the optimizer update: ``gpt1f.fused_adam``'s two fused passes a tensor.
 
 On this project's 2-core CPU, fresh tensors the size of ``we`` cost tens of milliseconds each in
-page faults, so the regions avoid them where the data flow allows. Gradients equal the eager step's up to float rounding (tests: ``tests/test_regional.py``).
+page faults, so the regions avoid them where the data flow allows. Gradients equal the eager
+step's up to float rounding (tests: ``tests/test_regional.py``).
 
     step = gpt1f.train.make_train_step(cfg, opt, compile="regional", inplace=True)
 """
