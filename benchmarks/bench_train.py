@@ -523,6 +523,8 @@ def main(argv=None) -> None:
                  eager_side=args.eager_side, step_side=args.step_side, cold_cache=args.cold_cache,
                  packed=args.packed, port=args.port_dir, alone_rounds=args.alone)
     result["wall_s"] = time.perf_counter() - start
+    result["machine"] = common.machine_info(args.device)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start))
     print(json.dumps(result))
 
 
