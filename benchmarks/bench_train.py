@@ -517,14 +517,14 @@ def main(argv=None) -> None:
         serve(Setup(args.quick, args.device, mode, args.stories, args.compile_mode, args.packed,
                     args.port_dir), side, part)
         return
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     result = run(args.quick, args.device, mode, warmup=args.warmup, steps=args.steps,
                  n_stories=args.stories, compile_mode=args.compile_mode, processes=args.processes,
                  eager_side=args.eager_side, step_side=args.step_side, cold_cache=args.cold_cache,
                  packed=args.packed, port=args.port_dir, alone_rounds=args.alone)
     result["wall_s"] = time.perf_counter() - start
     result["machine"] = common.machine_info(args.device)
-    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start))
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     print(json.dumps(result))
 
 
