@@ -85,22 +85,22 @@ def fused_update_(opt: Optimizer, *, compiled: bool = True, **compile_kwargs) ->
                 grad_norm: torch.Tensor | None = None) -> tuple[Params, AdamState]:
         moments, apply = passes
         by_dtype, decayed, ok = prepare_update(cfg, grads, state, params, grad_norm)
-        consts = {dt: (torch.tensor(cfg.e, dtype=dt, device=ok.device),
-                       torch.tensor(cfg.l2, dtype=dt, device=ok.device), torch.zeros((), dtype=dt, device=ok.device))
-                  for dt in by_dtype}
-        l2 = {k: consts[m.dtype][1 if decayed[k] else 2] for k, m in state.mu.items()}
-        e = {dt: c[0] for dt, c in consts.items()}
+        device = ok.device
+        e = {dt: torch.tensor(cfg.e, dtype=dt, device=device) for dt in by_dtype}
+        decay = {dt: torch.tensor(cfg.l2, dtype=dt, device=device) for dt in by_dtype}
+        no_decay = {dt: torch.zeros((), dtype=dt, device=device) for dt in by_dtype}
+        l2 = {k: (decay if decayed[k] else no_decay)[m.dtype] for k, m in state.mu.items()}
+        groups = {dt: [k for k, m in state.mu.items() if m.dtype == dt] for dt in by_dtype}
         flat = {k: (_flat(params[k]), _flat(state.mu[k]), _flat(state.nu[k])) for k in params}
         group_ok = {}
         for dtype, s in by_dtype.items():
-            keys = [k for k, m in state.mu.items() if m.dtype == dtype]
-            bounds = [moments(flat[k][0], _flat(grads[k]), *flat[k][1:], s, e[dtype], l2[k]) for k in keys]
-            bound = (torch.stack([b[0] for b in bounds]).amax() + torch.stack([b[1] for b in bounds]).amax())
+            bounds = [moments(flat[k][0], _flat(grads[k]), *flat[k][1:], s, e[dtype], l2[k]) for k in groups[dtype]]
+            bound = torch.stack([b[0] for b in bounds]).amax() + torch.stack([b[1] for b in bounds]).amax()
             group_ok[dtype] = s.ok & torch.isfinite(bound)
-        finite = functools.reduce(torch.logical_and, group_ok.values())
         for dtype, s in by_dtype.items():
-            for k in (k for k, m in state.mu.items() if m.dtype == dtype):
+            for k in groups[dtype]:
                 apply(*flat[k], s.lrt, group_ok[dtype], e[dtype], l2[k])
+        finite = functools.reduce(torch.logical_and, group_ok.values())
         ok = ok & finite
         state.count.add_(ok.to(torch.int64))
         state.skipped.add_((~ok).to(torch.int64))
