@@ -1,7 +1,7 @@
 """OpenAI Adam's in-place update as two compiled passes over each tensor: the CPU hot path.
 
 Eager ``opt.update_`` runs about 15 ``torch._foreach_*`` passes over every parameter, each reading
-and writing the whole model; compiled as one graph over all 148 tensors, inductor takes minutes
+and writing the whole model; compiled as one graph over all 147 tensors, inductor takes minutes
 to schedule it. Here two small graphs with dynamic sizes, each compiled once and called on flat
 views of every tensor in turn, do the same maths in two fused passes:
 
