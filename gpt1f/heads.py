@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from .checks import check_head_batch, check_inputs
 from .config import Config
 from .dropout_keys import model_key
-from .model import embedding_matrix, lm_losses, packed_trunk, transformer_from_embedding
-from .packing import real_lengths, scatter, use_packing
+from .model import lm_losses, packed_trunk, trunk
+from .packing import real_lengths, use_packing
 from .random import dropout
 
 
@@ -28,20 +28,6 @@ class HeadOutput(NamedTuple):
     logits: torch.Tensor       # multiple choice [B, C]; classify [B, n_class]; similarity [B]
     task_losses: torch.Tensor  # [B]
     lm_losses: torch.Tensor    # per sequence, tokens' leading shape: [B, C]; [B]; [B, 2]
-
-
-def trunk(params, tokens: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
-          lengths: torch.Tensor | None = None):
-    """The dropped-out ``we`` (shared with the tied LM head) and the hidden states.
-
-    tokens [..., T] -> we [n_rows, E], hidden [..., T, E]; with ``lengths`` [...] the blocks run on
-    each row's first ``lengths`` tokens only, and the hidden states after them are 0.
-    """
-    if lengths is not None:
-        we, hidden, packing = packed_trunk(params, tokens, lengths, cfg=cfg, key=key, train=train)
-        return we, scatter(hidden, packing).reshape(*tokens.shape, hidden.shape[-1])
-    we = embedding_matrix(params, cfg=cfg, key=key, train=train)
-    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
 
 
 def read_lengths(task: Callable, batch, *, cfg: Config, packed: bool | None) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ from .config import Config
 from .dropout_keys import block_key, model_key
 from .packing import Packing, plan, scatter
 from .params import scope
-from .embedding import embedding_rows, lookup
+from .embedding import embedding_rows
 from .regional import current_block, current_regions
 
 
@@ -33,11 +33,6 @@ def embed(we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config) -> torch.Tenso
     return we[tokens] + we[positions]
 
 
-def embed_packed(we: torch.Tensor, tokens: torch.Tensor, packing: Packing, *, cfg: Config) -> torch.Tensor:
-    """:func:`embed` at the real tokens only.  [n_rows, E], [..., T] -> [n_real, E]"""
-    return lookup(we, embedding_rows(tokens, packing, cfg=cfg))
-
-
 def blocks(params, h: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
            packing: Packing | None = None) -> torch.Tensor:
     """The ``n_layer`` blocks.  [N, T, E] -> [N, T, E], or real tokens [n_real, E] -> [n_real, E]
@@ -51,19 +46,11 @@ def blocks(params, h: torch.Tensor, *, cfg: Config, key=None, train: bool = Fals
     return h
 
 
-def packed_hidden(params, we: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, *,
-                  cfg: Config, key=None, train: bool = False) -> tuple[torch.Tensor, Packing]:
-    """The blocks over the real tokens only: row ``i`` of ``tokens`` is ``lengths[i]`` real tokens
-    then padding (``gpt1f.packing``).  [..., T], [...] -> hidden [n_real, E], Packing"""
-    packing = plan(lengths, tokens.shape[-1])
-    h = embed_packed(we, tokens, packing, cfg=cfg)
-    return blocks(params, h, cfg=cfg, key=key, train=train, packing=packing), packing
-
-
 def packed_trunk(params, tokens: torch.Tensor, lengths: torch.Tensor, *, cfg: Config, key=None,
                  train: bool = False) -> tuple[torch.Tensor, torch.Tensor, Packing]:
-    """:func:`packed_hidden` from the parameters: embedding dropout and lookup in one step
-    (``gpt1f.regional`` runs them as one node).  -> we [n_rows, E], hidden [n_real, E], Packing"""
+    """The blocks over the real tokens only: row ``i`` of ``tokens`` is ``lengths[i]`` real tokens
+    then padding (``gpt1f.packing``); embedding dropout and lookup in one step (``gpt1f.regional``
+    runs them as one node).  [..., T], [...] -> we [n_rows, E], hidden [n_real, E], Packing"""
     packing = plan(lengths, tokens.shape[-1])
     we, h = current_regions().dropped_lookup(params["model/we:0"], embedding_rows(tokens, packing, cfg=cfg),
                                              cfg.embd_pdrop, key=model_key(key, "embd"), train=train)
@@ -71,23 +58,31 @@ def packed_trunk(params, tokens: torch.Tensor, lengths: torch.Tensor, *, cfg: Co
 
 
 def transformer_from_embedding(params, we: torch.Tensor, tokens: torch.Tensor, *, cfg: Config,
-                               key=None, train: bool = False,
-                               lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """The blocks over an already dropped-out ``we``.  [..., T] -> [..., T, E]
+                               key=None, train: bool = False) -> torch.Tensor:
+    """The blocks over an already dropped-out ``we``, every position.  [..., T] -> [..., T, E]
 
     The blocks see one batch axis ``[N, T, E]``: inductor (torch 2.13) fails to compile causal
     SDPA over 5-D ``[B, C, H, T, D]`` head views, and 3-D matmuls are its fast path anyway.
-    With ``lengths`` [...] (each row's real tokens, padding after them), every per-token operation
-    runs on the real tokens only (:func:`packed_hidden`): the hidden states at real positions are
-    the same, those at padding positions 0.
     """
-    if lengths is not None:
-        h, packing = packed_hidden(params, we, tokens, lengths, cfg=cfg, key=key, train=train)
-        return scatter(h, packing).reshape(*tokens.shape, h.shape[-1])
     h = embed(we, tokens, cfg=cfg)
     lead = h.shape[:-2]
     h = blocks(params, h.reshape(-1, *h.shape[-2:]), cfg=cfg, key=key, train=train)
     return h.reshape(*lead, *h.shape[-2:])
+
+
+def trunk(params, tokens: torch.Tensor, *, cfg: Config, key=None, train: bool = False,
+          lengths: torch.Tensor | None = None):
+    """The dropped-out ``we`` (shared with the tied LM head) and the hidden states.
+
+    tokens [..., T] -> we [n_rows, E], hidden [..., T, E]; with ``lengths`` [...] (each row's real
+    tokens, padding after them) every per-token operation runs on the real tokens only
+    (:func:`packed_trunk`): the hidden states at real positions are the same, those at padding 0.
+    """
+    if lengths is not None:
+        we, hidden, packing = packed_trunk(params, tokens, lengths, cfg=cfg, key=key, train=train)
+        return we, scatter(hidden, packing).reshape(*tokens.shape, hidden.shape[-1])
+    we = embedding_matrix(params, cfg=cfg, key=key, train=train)
+    return we, transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train)
 
 
 def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,
@@ -103,9 +98,7 @@ def transformer(params, tokens: torch.Tensor, *, cfg: Config, key=None,
     not under ``vmap``).
     """
     check_inputs(params, tokens, cfg=cfg, key=key)
-    we = embedding_matrix(params, cfg=cfg, key=key, train=train)
-    return transformer_from_embedding(params, we, tokens, cfg=cfg, key=key, train=train,
-                                      lengths=lengths)
+    return trunk(params, tokens, cfg=cfg, key=key, train=train, lengths=lengths)[1]
 
 
 def lm_logits(params, hidden: torch.Tensor, *, cfg: Config, key=None,
