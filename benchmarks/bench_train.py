@@ -42,6 +42,7 @@ LM_COEF = 0.5
 QUICK_CFG = dict(n_vocab=500, n_special=3, n_ctx=24, n_embd=64, n_head=4, n_layer=2)
 ROC_UPDATES, ROC_STORIES_PER_UPDATE = 138, 32  # the paper's run: 3 epochs of 46 updates of 32 stories
 KEYS = 1024                                     # dropout keys made up front, used in turn
+PEERS = {"transformers": "", "port": "_port"}   # peer side -> suffix of its result keys
 
 
 def bench_config(quick: bool) -> gpt1f.Config:
@@ -211,7 +212,7 @@ def compare(name, fns, *, tokens, flop, flop_real, peak, warmup, steps, device) 
         s["mfu_real"] = common.mfu(flop_real, s["median_s"], peak)
         s["tokens_per_s"] = tokens / s["median_s"]
         out["sides"][side] = s
-    for peer, suffix in (("transformers", ""), ("port", "_port")):
+    for peer, suffix in PEERS.items():
         if peer not in times:
             continue
         out["speedup" + suffix] = common.ratio_summary(times[peer], times["gpt1f"])
@@ -358,11 +359,10 @@ def alone(setup: Setup, sides: list[str], *, rounds: int, warmup: int, steps: in
            "rounds": per_round,
            "sides": {side: {"median_s": statistics.median(r[side]["median_s"] for r in per_round)}
                      for side in sides}}
-    for peer, suffix in (("transformers", ""), ("port", "_port")):
+    for peer, suffix in PEERS.items():
         if peer in sides:
-            ratios = [r[peer]["median_s"] / r["gpt1f"]["median_s"] for r in per_round]
-            out["speedup" + suffix] = {"median": statistics.median(ratios), "min": min(ratios),
-                                       "max": max(ratios), "ratios": ratios}
+            out["speedup" + suffix] = common.ratio_summary([r[peer]["median_s"] for r in per_round],
+                                                           [r["gpt1f"]["median_s"] for r in per_round])
     return out
 
 
@@ -448,10 +448,10 @@ def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int
         result[part]["flop_note"] = notes[part]
         if gpu_peaks:
             result[part]["peak_gpu_memory_bytes"] = gpu_peaks   # each side's process, first call included
-        for peer in ("transformers", "port"):
+        for peer, suffix in PEERS.items():
             if part == "eval" and peer in outputs:   # same weights: the same scores
                 diff = torch.tensor(outputs["gpt1f"]) - torch.tensor(outputs[peer])
-                result["eval_max_abs_diff" + ("" if peer == "transformers" else "_port")] = diff.abs().max().item()
+                result["eval_max_abs_diff" + suffix] = diff.abs().max().item()
         del fns
     if alone_rounds and processes:   # gpt1f's mode against the peers
         result["train_alone"] = alone(setup, [s for s in sides if s not in GPT1F_SIDES],
