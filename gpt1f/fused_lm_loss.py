@@ -6,7 +6,8 @@ to ``we`` and ``hidden``, up to float rounding. It differs in how it gets there:
 
 - only positions whose target is unmasked enter the tied LM head (on CPU; a CUDA step keeps every
   position, weighted, so that nothing syncs with the host);
-- the logits exist one chunk of ``chunk_rows`` positions at a time, never whole;
+- the logits exist one chunk of ``chunk_rows`` positions at a time, never whole, in one buffer
+  that, as the gradient of ``we``, is kept for the next call on CPU (``gpt1f.scratch``);
 - the gradient of the mean loss is formed in the same pass as its value (the softmax of a chunk
   is its gradient up to the target's ``-1``), so backward needs no second pass over the logits and
   the head costs ``6 V E`` FLOPs per kept position, as a plain forward and backward would.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from . import scratch
 from .checks import check_mask
 
 DEFAULT_CHUNK_ROWS = 512   # [512, 40558] fp32 logits: 83 MB per chunk
@@ -118,9 +120,10 @@ def lm_loss_mean_and_grads(we: torch.Tensor, hidden: torch.Tensor, tokens: torch
     loss = torch.zeros((), dtype=acc, device=hidden.device)
     grad_we = None
     grad_inputs = torch.empty(inputs.shape, dtype=hidden.dtype, device=hidden.device)
-    # One logits buffer for every chunk: a fresh 80 MB allocation costs page faults on each use.
-    buffer = torch.empty(we.shape[0] * min(chunk_rows, inputs.shape[0]), dtype=hidden.dtype,
-                         device=hidden.device)
+    # One logits buffer for every chunk, kept across calls (gpt1f.scratch): a fresh 80 MB
+    # allocation costs page faults on each use.
+    buffer = scratch.empty("lm_logits", (we.shape[0] * min(chunk_rows, inputs.shape[0]),),
+                           dtype=hidden.dtype, device=hidden.device)
     for start in range(0, inputs.shape[0], chunk_rows):
         chunk = slice(start, start + chunk_rows)
         h, y, w = inputs[chunk], targets[chunk], weights[chunk]
@@ -137,7 +140,8 @@ def lm_loss_mean_and_grads(we: torch.Tensor, hidden: torch.Tensor, tokens: torch
         probs = probs.to(hidden.dtype)
         grad_inputs[chunk] = probs.T @ we_mm
         if grad_we is None:
-            grad_we = probs.to(acc) @ h.to(acc)
+            grad_we = torch.mm(probs.to(acc), h.to(acc),
+                               out=scratch.empty("lm_grad_we", we.shape, dtype=acc, device=we.device))
         else:
             grad_we.addmm_(probs.to(acc), h.to(acc))
     if grad_we is None:

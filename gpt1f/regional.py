@@ -11,8 +11,9 @@ compiled region, each one graph with dynamic sizes reused for every call:
 - the dropout of the whole ``we`` matrix and the embedding lookup in it, as one autograd node
   (``gpt1f.model.packed_trunk``): eagerly, the counter hash is some 25 passes over
   ``[n_rows, E]``, each a fresh 125 MB tensor at 117M, and the backward fills, adds and masks
-  more; here one compiled pass forward and one backward (the mask recomputed from the key),
-  written into the fused LM loss's gradient buffer;
+  more; here one compiled pass forward, into a buffer kept from the step before
+  (``gpt1f.scratch``), and one backward (the mask recomputed from the key), written into the
+  fused LM loss's gradient buffer;
 - with ``inplace=True``, the optimizer update: ``gpt1f.fused_adam``'s two fused passes a tensor.
 
 On this project's 2-core CPU, fresh tensors the size of ``we`` cost tens of milliseconds each in
@@ -30,6 +31,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import scratch
 from .config import Config
 from .embedding import dropped_lookup, lookup
 from .fused_adam import fused_update_
@@ -104,20 +106,24 @@ def compiled_block(**compile_kwargs) -> Callable:
 
 
 def _dropout_graphs(**compile_kwargs) -> Callable:
-    """``graph(p, inplace=False)``: one compiled ``x, key -> dropout(x, p)`` per rate (written
-    into ``x`` with ``inplace``), for every shape."""
-    graphs: dict[tuple[float, bool], Callable] = {}
+    """``graph(p, write="new")``: one compiled dropout at rate ``p`` per way of writing it, for
+    every shape: ``"new"`` ``(x, key) -> dropout(x)``, ``"inplace"`` ``(x, key)`` into ``x``,
+    ``"into"`` ``(out, x, key)`` into ``out``."""
+    graphs: dict[tuple[float, str], Callable] = {}
 
-    def graph(p: float, inplace: bool = False) -> Callable:
-        if (p, inplace) not in graphs:
+    def graph(p: float, write: str = "new") -> Callable:
+        if (p, write) not in graphs:
             def drop(x, key):                   # p a constant of the graph, not an input
                 return dropout(x, p, key=key, train=True)
 
             def drop_(x, key):
                 x.copy_(dropout(x, p, key=key, train=True))
-            graphs[p, inplace] = torch.compile(drop_ if inplace else drop, fullgraph=True, dynamic=True,
-                                               **compile_kwargs)
-        return graphs[p, inplace]
+
+            def drop_into(out, x, key):
+                out.copy_(dropout(x, p, key=key, train=True))
+            fn = {"new": drop, "inplace": drop_, "into": drop_into}[write]
+            graphs[p, write] = torch.compile(fn, fullgraph=True, dynamic=True, **compile_kwargs)
+        return graphs[p, write]
     return graph
 
 
@@ -142,7 +148,10 @@ class _DroppedLookup(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, we, rows, key, p: float, graph):
-        dropped = graph(p)(we.detach(), key)   # the graph backward also runs: no requires_grad guard
+        # into a kept buffer (gpt1f.scratch: no page faults); the detached ``we`` and the plain
+        # output keep the graph's guards free of requires_grad, which its backward use lacks
+        dropped = scratch.empty("dropped_we", we.shape, dtype=we.dtype, device=we.device)
+        graph(p, "into")(dropped, we.detach(), key)
         ctx.save_for_backward(rows, key)
         ctx.p, ctx.graph, ctx.we = p, graph, (we.shape, we.dtype, we.device)
         return dropped, lookup(dropped, rows)
@@ -155,7 +164,7 @@ class _DroppedLookup(torch.autograd.Function):
             grad = torch.zeros(shape, dtype=dtype, device=device)
         elif getattr(grad_we, FRESH_GRAD, False):    # the LM loss's own buffer: masked in place
             delattr(grad_we, FRESH_GRAD)             # it becomes we's gradient, an ordinary one
-            ctx.graph(ctx.p, inplace=True)(grad_we, key)
+            ctx.graph(ctx.p, "inplace")(grad_we, key)
             grad = grad_we
         else:
             grad = ctx.graph(ctx.p)(grad_we, key)

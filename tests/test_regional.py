@@ -1,11 +1,12 @@
 """Regional compilation (gpt1f.regional): one compiled block for every layer in an eager step."""
 import functools
 
+import pytest
 import torch
 
 import gpt1f
 from gpt1f import random as grandom
-from gpt1f import regional
+from gpt1f import regional, scratch
 from gpt1f.layers import block
 from gpt1f.optim import openai_adam
 from gpt1f.train import make_train_step
@@ -44,13 +45,18 @@ def test_using_block_routes_every_layer_and_is_undone_after():
     assert len(calls) == CFG.n_layer and regional.current_block() is block
 
 
-def test_regional_step_equals_eager_with_one_graph_per_region_for_every_layer_and_length():
+@pytest.mark.parametrize("keep_buffers", [False, True])
+def test_regional_step_equals_eager_with_one_graph_per_region_for_every_layer_and_length(
+        keep_buffers, monkeypatch):
     """aot_eager: the same ops as eager, so the two agree to float64 rounding. The first step
     compiles the block once for both layers (one graph holds a layer norm), the dropout of ``we``
     once for the forward and once for its in-place backward, and the fused optimizer's two passes
     once for every size (and once for size 1); later steps, with other real lengths, compile
-    nothing."""
+    nothing. ``keep_buffers``: every step's dropped ``we``, LM logits and LM gradient in buffers
+    of the steps before (``gpt1f.scratch``, as at 117M)."""
     from torch._dynamo.testing import CompileCounterWithBackend
+    monkeypatch.setattr(scratch, "MIN_BYTES", 0 if keep_buffers else scratch.MIN_BYTES)
+    scratch.release()
     torch._dynamo.reset()
     params, opt = make_params(), moving_opt()
     counter = CompileCounterWithBackend("aot_eager")
@@ -72,6 +78,7 @@ def test_regional_step_equals_eager_with_one_graph_per_region_for_every_layer_an
         torch.testing.assert_close(s_c.mu[name], s_e.mu[name], rtol=0, atol=1e-12, msg=name)
     assert int(s_c.count) == 4
     assert len(n_real) >= 3
+    assert bool(scratch._kept()) == keep_buffers
     assert frames == frames[:1] * 4, f"recompiled: {frames}"
     codes = [g.code for g in counter.graphs]
     assert sum("layer_norm" in c for c in codes) == 1
@@ -99,6 +106,5 @@ def test_inductor_regional_step_matches_eager_in_float32():
 
 
 def test_make_train_step_rejects_an_unknown_compile_mode():
-    import pytest
     with pytest.raises(ValueError, match="compile='blocks'"):
         make_train_step(CFG, moving_opt(), compile="blocks")
