@@ -40,10 +40,7 @@ def _kept() -> dict[tuple[str, torch.dtype], list[torch.Tensor]]:
 def _alias(base: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """A contiguous ``shape`` tensor over the start of ``base``'s memory: not a view (autograd
     treats it as any fresh tensor), and it counts as a user of the storage."""
-    strides = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        strides[i] = strides[i + 1] * shape[i + 1]
-    return base.new_empty(0).set_(base.untyped_storage(), 0, shape, strides)
+    return base.new_empty(0).set_(base.untyped_storage(), 0, shape)   # no strides: contiguous
 
 
 def empty(purpose: str, shape, *, dtype: torch.dtype, device) -> torch.Tensor:

@@ -7,6 +7,8 @@ import torch
 from gpt1f import scratch
 from gpt1f.fused_lm_loss import lm_loss_mean_and_grads
 
+from .test_fused_lm_loss import inputs
+
 
 @pytest.fixture
 def keep_all(monkeypatch):
@@ -69,28 +71,19 @@ def test_buffers_are_kept_per_thread(keep_all):
     assert scratch.empty("x", (8,), dtype=torch.float32, device="cpu").data_ptr() == ptr
 
 
-def _lm_inputs(seed):
-    gen = torch.Generator().manual_seed(seed)
-    we = torch.randn(50, 8, generator=gen, dtype=torch.float64)
-    hidden = torch.randn(3, 6, 8, generator=gen, dtype=torch.float64)
-    tokens = torch.randint(0, 50, (3, 6), generator=gen)
-    mask = torch.ones(3, 6, dtype=torch.float64)
-    return we, hidden, tokens, mask
-
-
 def test_lm_loss_reuses_its_gradient_buffer_only_once_released(keep_all):
     """The LM loss's gradient of ``we`` comes out in a kept buffer: a held result is never written
     by a later call, a released one is reused, and the values are those of fresh memory."""
-    on_fresh_memory = [lm_loss_mean_and_grads(*_lm_inputs(s), 4, True) for s in (0, 1)]
+    on_fresh_memory = [lm_loss_mean_and_grads(*inputs(lead=(3,), seed=s), 4, True) for s in (0, 1)]
     scratch.release()
-    first = lm_loss_mean_and_grads(*_lm_inputs(0), 4, True)
+    first = lm_loss_mean_and_grads(*inputs(lead=(3,), seed=0), 4, True)
     kept = first[1].clone()
-    second = lm_loss_mean_and_grads(*_lm_inputs(1), 4, True)
+    second = lm_loss_mean_and_grads(*inputs(lead=(3,), seed=1), 4, True)
     assert second[1].data_ptr() != first[1].data_ptr()
     torch.testing.assert_close(first[1], kept, rtol=0, atol=0)
     ptr = first[1].data_ptr()
     del first
-    third = lm_loss_mean_and_grads(*_lm_inputs(1), 4, True)
+    third = lm_loss_mean_and_grads(*inputs(lead=(3,), seed=1), 4, True)
     assert third[1].data_ptr() == ptr
     for fresh, pooled in zip(on_fresh_memory[1], third):
         torch.testing.assert_close(pooled, fresh, rtol=0, atol=0)
