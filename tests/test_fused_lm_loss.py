@@ -38,10 +38,11 @@ def value_and_grads(fn, we, hidden, tokens, mask):
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 5, 512])
+@pytest.mark.parametrize("vocab_rows", [0, 1, 8, None])      # V = 37: whole, 37 slices, 4 and a rest
 @pytest.mark.parametrize("weighted", [False, True])
-def test_value_and_grads_equal_the_plain_mean_in_float64(chunk_rows, weighted):
+def test_value_and_grads_equal_the_plain_mean_in_float64(chunk_rows, vocab_rows, weighted):
     args = inputs(weighted=weighted)
-    ours = value_and_grads(lambda *a: lm_loss_mean(*a, chunk_rows=chunk_rows), *args)
+    ours = value_and_grads(lambda *a: lm_loss_mean(*a, chunk_rows=chunk_rows, vocab_rows=vocab_rows), *args)
     theirs = value_and_grads(reference, *args)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
@@ -61,40 +62,48 @@ def test_masked_positions_get_no_gradient_and_padding_content_is_ignored():
 
 
 @pytest.mark.parametrize("chunk_rows", [4, 512])
-def test_keeping_every_position_gives_the_same_result_as_skipping(chunk_rows):
+@pytest.mark.parametrize("vocab_rows", [0, 10])
+def test_keeping_every_position_gives_the_same_result_as_skipping(chunk_rows, vocab_rows):
     """The CUDA path (every position kept with weight 0) against the CPU path (masked ones dropped)."""
     we, hidden, tokens, mask = inputs(lead=(5,), seed=2)
     op = torch.ops.gpt1f.lm_loss_mean_and_grads
-    skipped = op(we, hidden, tokens, mask, chunk_rows, True)
-    kept = op(we, hidden, tokens, mask, chunk_rows, False)
+    skipped = op(we, hidden, tokens, mask, chunk_rows, True, vocab_rows)
+    kept = op(we, hidden, tokens, mask, chunk_rows, False, vocab_rows)
     for a, b in zip(skipped, kept):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("skip_masked", [True, False])
-def test_a_sequence_without_targets_makes_everything_nan_as_tf(skip_masked):
+@pytest.mark.parametrize("vocab_rows", [0, 10])
+def test_a_sequence_without_targets_makes_everything_nan_as_tf(skip_masked, vocab_rows):
     we, hidden, tokens, mask = inputs(lead=(4,), seed=3)
     mask[2, 1:] = 0
     assert torch.isnan(reference(we, hidden, tokens, mask))
-    loss, grad_we, grad_h = torch.ops.gpt1f.lm_loss_mean_and_grads(we, hidden, tokens, mask, 3, skip_masked)
+    loss, grad_we, grad_h = torch.ops.gpt1f.lm_loss_mean_and_grads(we, hidden, tokens, mask, 3, skip_masked,
+                                                                   vocab_rows)
     assert torch.isnan(loss) and torch.isnan(grad_we).any() and torch.isnan(grad_h).any()
 
 
-def test_float32_agrees_with_float64():
+@pytest.mark.parametrize("vocab_rows", [None, 8])
+def test_float32_agrees_with_float64(vocab_rows):
     args64 = inputs(lead=(4, 2), t=12, seed=4)
     args32 = [a.float() if a.is_floating_point() else a for a in args64]
-    ours = value_and_grads(lm_loss_mean, *args32)
+    ours = value_and_grads(lambda *a: lm_loss_mean(*a, vocab_rows=vocab_rows), *args32)
     theirs = value_and_grads(reference, *args64)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7)
 
 
-def test_bfloat16_inputs_keep_a_float32_softmax():
+@pytest.mark.parametrize("vocab_rows", [None, 8])
+def test_bfloat16_inputs_keep_a_float32_softmax(vocab_rows):
+    """In slices, the gradient of ``hidden`` is summed over them in float32, then rounded once."""
     args = inputs(lead=(4,), t=12, dtype=torch.float32, seed=5)
     bf = [a.bfloat16() if a.is_floating_point() else a for a in args]
-    value = lm_loss_mean(*bf)
-    assert value.dtype == torch.bfloat16              # hidden's dtype
-    torch.testing.assert_close(value.float(), reference(*args), rtol=2e-2, atol=0)
+    value, grad_we, grad_h = value_and_grads(lambda *a: lm_loss_mean(*a, vocab_rows=vocab_rows), *bf)
+    assert value.dtype == grad_h.dtype == grad_we.dtype == torch.bfloat16     # hidden's dtype
+    expected = value_and_grads(reference, *args)
+    for ours, theirs in zip((value, grad_we, grad_h), expected):
+        torch.testing.assert_close(ours.float(), theirs, rtol=2e-2, atol=2e-3)
 
 
 def test_func_grad_vmap_and_compile_agree_with_the_plain_gradients():
@@ -122,6 +131,8 @@ def test_bad_inputs_are_refused_with_the_shapes():
         lm_loss_mean(we, hidden, tokens[..., :-1], mask[..., :-1])
     with pytest.raises(ValueError, match="chunk_rows"):
         lm_loss_mean(we, hidden, tokens, mask, chunk_rows=0)
+    with pytest.raises(ValueError, match="vocab_rows"):
+        lm_loss_mean(we, hidden, tokens, mask, vocab_rows=-1)
 
 
 # ---------------------------------------------------------------------------------------------
