@@ -361,6 +361,18 @@ def test_research_benchmark_quick_reports_both_comparisons():
     assert all(s["peak_rss_bytes"] > 0 and len(s["times_s"]) == 2 for s in sides.values())
 
 
+def test_lm_head_benchmark_compares_slices_whole_and_plain_on_the_same_values():
+    from benchmarks import bench_lm_head
+    r = bench_lm_head.run(quick=True, warmup=1, steps=2)
+    assert set(r["sides"]) == {"sliced", "whole", "plain"}
+    assert r["vocab_rows"] < r["shape"]["vocab"]                 # the quick run has several slices
+    assert r["shape"]["rows"] == int(bench_lm_head.head_inputs(True)[3][:, 1:].sum())
+    assert all(d < 1e-5 for d in r["max_abs_diff_to_sliced"].values())
+    assert sorted(r["speedup_over_whole"]["ratios"]) == pytest.approx(sorted(
+        w / s for w, s in zip(r["sides"]["whole"]["times_s"], r["sides"]["sliced"]["times_s"])))
+    assert all(len(side["times_s"]) == 2 for side in r["sides"].values())
+
+
 def test_real_token_flops_equal_the_padded_formula_without_padding_and_count_less_with_it():
     cfg = gpt1f.Config.gpt1(n_ctx=77)
     assert common.train_flops_real(cfg, [77] * 16) == common.train_flops(cfg, 16 * 77)
