@@ -29,7 +29,7 @@ from . import scratch
 from .checks import check_mask
 
 DEFAULT_CHUNK_ROWS = 512   # [512, 40558] fp32 logits: 83 MB per chunk
-CPU_VOCAB_ROWS = 1024      # a [1024, 512] fp32 slice of them (2 MB) stays in cache between passes
+CPU_VOCAB_ROWS = 1024      # a [1024, 512] fp32 slice of them (2 MB) stays in cache from product to softmax
 
 
 def lm_loss_mean(we: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
