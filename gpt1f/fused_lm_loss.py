@@ -9,7 +9,7 @@ to ``we`` and ``hidden``, up to float rounding. It differs in how it gets there:
 - the logits exist one chunk of ``chunk_rows`` positions at a time, never whole, in one buffer
   that, as the gradient of ``we``, is kept for the next call on CPU (``gpt1f.scratch``);
 - on CPU a chunk's head runs through the vocabulary in slices of ``vocab_rows``: each slice's
-  softmax work happens while its logits are still in cache, and every product keeps MKL's speed;
+  softmax work happens while its logits are still in cache;
 - the gradient of the mean loss is formed in the same pass as its value (the softmax of a chunk
   is its gradient up to the target's ``-1``), so backward needs no second pass over the logits and
   the head costs ``6 V E`` FLOPs per kept position, as a plain forward and backward would.
@@ -167,8 +167,9 @@ def _chunk_loss_and_grads(we: torch.Tensor, h: torch.Tensor, y: torch.Tensor, w:
     its column maxima and ``exp(logit - slice max)`` in place with their sums. The second rescales
     each slice to ``w * softmax - w * onehot(y)`` (the gradient of the loss with respect to the
     logits) and multiplies it into both gradients. On the whole vocabulary at once this is the
-    plain softmax; in slices of a thousand rows it runs at the matmul's speed on CPU, where four
-    passes over the full ``[V, c]`` buffer were memory-bound.
+    plain softmax. In slices of a thousand rows on CPU the softmax work reads each slice from cache
+    instead of making four passes over the whole ``[V, c]`` buffer in memory, and the logits
+    product, whose output is then a slice, runs faster too.
     """
     acc = grad_we.dtype
     columns = torch.arange(len(y), device=y.device)
