@@ -72,14 +72,14 @@ def run(quick: bool = False, *, warmup: int | None = None, steps: int | None = N
     we, hidden, tokens, mask = args
     rows = int(mask[:, 1:].sum())
     flops = 6 * we.shape[0] * we.shape[1] * rows      # three [V, E] x [E, rows] products
-    median = {name: summary(t)["median_s"] for name, t in times.items()}
+    summaries = {name: summary(t) for name, t in times.items()}
     return {
         "benchmark": "lm_head", "quick": quick, "dtype": "float32",
         "shape": {"vocab": we.shape[0], "width": we.shape[1], "sequences": tokens.shape[0],
                   "positions": tokens.shape[1], "rows": rows},
         "vocab_rows": vocab_rows, "chunk_rows": DEFAULT_CHUNK_ROWS, "warmup": warmup, "steps": steps,
-        "sides": {name: summary(t) for name, t in times.items()},
-        "gflop_per_s": {name: flops / m / 1e9 for name, m in median.items()},
+        "sides": summaries,
+        "gflop_per_s": {name: flops / side["median_s"] / 1e9 for name, side in summaries.items()},
         "speedup_over_whole": ratio_summary(times["whole"], times["sliced"]),
         "speedup_over_plain": ratio_summary(times["plain"], times["sliced"]),
         "max_abs_diff_to_sliced": diffs,

@@ -172,9 +172,8 @@ def _chunk_loss_and_grads(we: torch.Tensor, h: torch.Tensor, y: torch.Tensor, w:
     product, whose output is then a slice, runs faster too.
     """
     acc = grad_we.dtype
-    columns = torch.arange(len(y), device=y.device)
     if len(vocab) == 1:
-        hits = [(y, columns)]
+        hits = [(y, torch.arange(len(y), device=y.device))]
     else:   # each slice's targets: (row in the slice, column)
         order = torch.argsort(y)
         starts = torch.tensor([a for a, _ in vocab] + [vocab[-1][1]], device=y.device)
@@ -198,6 +197,7 @@ def _chunk_loss_and_grads(we: torch.Tensor, h: torch.Tensor, y: torch.Tensor, w:
     scale = shift.mul_(w / total)                                          # w / sum exp, per slice
     # summed over slices in at least float32 (one slice: the product's own dtype, as a plain head)
     into = grad_h if len(vocab) == 1 or grad_h.dtype == acc else grad_h.new_empty(grad_h.shape, dtype=acc)
+    h_acc = h.to(acc)
     for i, ((a, b), (slice_rows, cols), part) in enumerate(zip(vocab, hits, exps)):
         probs = part.mul_(scale[i])
         probs[slice_rows, cols] -= w[cols]                                  # ... - w * onehot(y)
@@ -207,9 +207,9 @@ def _chunk_loss_and_grads(we: torch.Tensor, h: torch.Tensor, y: torch.Tensor, w:
         else:
             into.addmm_(product.T, rows_we)
         if accumulate:
-            grad_we[a:b].addmm_(probs, h.to(acc))
+            grad_we[a:b].addmm_(probs, h_acc)
         else:
-            torch.mm(probs, h.to(acc), out=grad_we[a:b])
+            torch.mm(probs, h_acc, out=grad_we[a:b])
     if into is not grad_h:
         grad_h.copy_(into)
     return loss
