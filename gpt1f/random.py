@@ -12,6 +12,8 @@ for bit); int64 would be exact C semantics too but is several times slower in ea
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 _MIX = 0x45D9F3B            # multiplier of a well-studied 32-bit integer finaliser
@@ -85,6 +87,27 @@ def _unit(bits: torch.Tensor, dtype) -> torch.Tensor:
     return (bits & 0xFFFFFF).to(dtype) * (1.0 / (1 << 24))
 
 
+def _float32(p: float) -> float:
+    """``p`` rounded to the nearest float32 (ties to even) in plain Python arithmetic, for ``p``
+    in float32's normal range (a smaller ``p`` > 0 gives :func:`_kept` the same threshold, 1)."""
+    mantissa, exponent = math.frexp(p)                     # p = mantissa * 2**exponent, 0.5 <= m < 1
+    return math.ldexp(round(math.ldexp(mantissa, 24)), exponent - 24)
+
+
+def _kept(bits: torch.Tensor, p: float, dtype) -> torch.Tensor:
+    """1 where an element survives dropout at rate ``p``, else 0, in ``dtype``: exactly
+    ``uniform >= p`` for the element's draw ``uniform = (bits & 0xFFFFFF) / 2**24`` compared in
+    float32, i.e. ``bits & 0xFFFFFF >= ceil(float32(p) * 2**24)``.
+
+    Written as integer arithmetic, not as a comparison: a comparison's bool tensor is what
+    autograd's partitioner saves for backward, and inductor's CPU kernels store bools one element
+    at a time, many times slower than they store float32 (``benchmarks/results``).
+    """
+    threshold = math.ceil(_float32(p) * (1 << 24)) if p > 0 else 0
+    below = ((bits & 0xFFFFFF) - threshold) >> 31         # -1 below the threshold, else 0
+    return (below + 1).to(dtype)
+
+
 def normal(key: torch.Tensor, shape, dtype=torch.float32, device=None) -> torch.Tensor:
     """Standard normal draws ``shape`` by Box-Muller from two independent uniform streams of ``key``.
 
@@ -112,10 +135,10 @@ def dropout(x: torch.Tensor, p: float, *, key: torch.Tensor | None, train: bool,
     if key is None:
         raise ValueError("dropout with train=True needs a key: pass key=gpt1f.random.key(seed)")
     if counters is not None:
-        keep = uniform_at(key, counters.to(x.device)) >= p
+        drawn = bits_at(key.to(x.device), counters.to(x.device))
     else:
-        keep = uniform(key, x.shape if noise_shape is None else noise_shape, device=x.device) >= p
-    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+        drawn = bits(key, x.shape if noise_shape is None else noise_shape, device=x.device)
+    return x * _kept(drawn, p, x.dtype) * (1.0 / (1.0 - p))
 
 
 def _numel(shape) -> int:

@@ -132,6 +132,44 @@ def test_dropout_semantics():
     assert torch.equal(shared[:, 0], shared[:, 1]) and torch.equal(shared[:, 0], shared[:, 2])
 
 
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 1 / 3, 0.05, 0.9999999, 2**-24, 3 * 2**-26, 1e-45])
+def test_dropout_keeps_exactly_the_draws_at_least_p_in_float32(p):
+    """The integer threshold of ``_kept`` is the float32 comparison ``uniform >= p``: on every
+    24-bit draw next to the threshold, on random draws, eagerly and compiled."""
+    p32 = torch.tensor(p, dtype=torch.float32)
+    edge = int(p32.double() * 2**24)
+    near = torch.arange(max(edge - 4, 0), min(edge + 5, 2**24), dtype=torch.int32)
+    assert torch.equal(grandom._kept(near, p, torch.float32), (near.float() * 2**-24 >= p32).float())
+    drawn = grandom.bits(grandom.key(5), (50_000,))
+    expected = (grandom._unit(drawn, torch.float32) >= p32).float()
+    assert torch.equal(grandom._kept(drawn, p, torch.float32), expected)
+    x = torch.randn(50_000)
+    eager = grandom.dropout(x, p, key=grandom.key(5), train=True)
+    assert torch.equal(eager, x * expected * (1.0 / (1.0 - p)))
+    torch._dynamo.reset()                                 # each rate is a graph of its own
+    compiled = torch.compile(lambda x, k: grandom.dropout(x, p, key=k, train=True), fullgraph=True)
+    assert torch.equal(compiled(x, grandom.key(5)), eager)
+
+
+def test_gelu_compiled_is_the_tanh_form_without_its_cancellation():
+    """Compiled, ``gelu`` is written ``x * sigmoid(2u)``: the tanh form's values and gradients in
+    float64, and in float32 a few ulps of the exact function even in the negative tail, where
+    ``1 + tanh(u)`` in float32 loses most of its digits."""
+    from gpt1f.layers import gelu
+    torch._dynamo.reset()
+    compiled = torch.compile(gelu, fullgraph=True)
+    x = torch.linspace(-3, 12, 3001, dtype=torch.float64, requires_grad=True)
+    y, y_ref = compiled(x), F.gelu(x, approximate="tanh")
+    torch.testing.assert_close(y, y_ref, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0],
+                               torch.autograd.grad(y_ref.sum(), x)[0], rtol=1e-12, atol=1e-15)
+    tail = torch.linspace(-9, 3, 2401, dtype=torch.float64)
+    u = 0.7978845608028654 * (tail + 0.044715 * tail**3)
+    exact = tail * torch.sigmoid(2 * u)                 # float64, no cancellation either
+    y32 = compiled(tail.float()).double()
+    assert ((y32 - exact).abs() / exact.abs()).max() < 2e-5
+
+
 def test_training_without_a_key_raises_and_eval_needs_none():
     cfg = gpt1f.Config.tiny()
     params, batch = perturbed_params(cfg, dtype=torch.float32), make_batch(cfg)

@@ -105,6 +105,30 @@ def test_inductor_regional_step_matches_eager_in_float32():
         torch.testing.assert_close(p_c[name], p_e[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_the_compiled_block_saves_no_bool_mask_for_backward():
+    """Inductor's CPU kernels write a bool tensor one element at a time, so the block's dropout
+    masks must reach its backward as numbers or be drawn again there, never as a saved bool as
+    large as the activations (``gpt1f.random._kept``)."""
+    from gpt1f.packing import plan
+    from gpt1f.params import scope
+    torch._dynamo.reset()
+    params = make_params(torch.float32)
+    batch, lengths = make_batch(dtype=torch.float32)
+    packing = plan(lengths, batch["tokens"].shape[-1])
+    p = {k: v.requires_grad_() for k, v in scope(params, "model/h0/").items()}
+    x = torch.randn(packing.index.numel(), CFG.n_embd, requires_grad=True)
+    saved = []
+
+    def note(t):
+        saved.append((t.dtype, t.numel()))
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t):
+        y = regional.compiled_block()(p, x, cfg=CFG, key=grandom.key(0), train=True, packing=packing)
+    assert len(saved) > 10 and any(n >= x.numel() for _, n in saved)     # the activations are seen
+    assert [n for dtype, n in saved if dtype == torch.bool and n >= x.numel()] == []
+    torch.autograd.grad(y.sum(), [x, *p.values()])
+
+
 def test_make_train_step_rejects_an_unknown_compile_mode():
     with pytest.raises(ValueError, match="compile='blocks'"):
         make_train_step(CFG, moving_opt(), compile="blocks")
