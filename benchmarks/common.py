@@ -61,17 +61,19 @@ def interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, steps: int
 class StepProcess:
     """One side of a comparison in its own interpreter, stepped from here.
 
-    ``python -m module *args`` builds its side, prints one JSON line (``info``), then answers each
-    ``step`` line on stdin with the seconds that step took. Sides in separate processes share the
+    ``python -m module *args``, run from the checkout ``root`` (default: this one), builds its
+    side, prints one JSON line (``info``), then answers each ``step`` line on stdin with the
+    seconds that step took. Sides in separate processes share the
     machine's noise when interleaved, but not an allocator, OpenMP pools or caches: in one process
     the peer's eager step ran slower after gpt1f's compiled one than on its own
     (``results/cpu2_cpu_20261126-0215_train_one_process.json`` against ``-0221_train_alone.json``).
     """
 
-    def __init__(self, module: str, args: list[str], extra_env: dict[str, str] | None = None):
-        env = {**child_env(), **(extra_env or {})}
+    def __init__(self, module: str, args: list[str], extra_env: dict[str, str] | None = None,
+                 root: Path = REPO_ROOT):
+        env = {**child_env(root), **(extra_env or {})}
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=root, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr, text=True, bufsize=1)
         self.info = json.loads(self._reply())
@@ -223,10 +225,11 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def child_env() -> dict[str, str]:
-    """This environment with the repository first on ``PYTHONPATH``, for ``python -m benchmarks.*``."""
+def child_env(root: Path = REPO_ROOT) -> dict[str, str]:
+    """This environment with the checkout ``root`` (default: this one) first on ``PYTHONPATH``,
+    for ``python -m benchmarks.*``."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def run_json_subprocess(module: str, args: list[str], *, timeout: float = 1800) -> dict:

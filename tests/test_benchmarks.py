@@ -373,6 +373,39 @@ def test_lm_head_benchmark_compares_slices_whole_and_plain_on_the_same_values():
     assert all(len(side["times_s"]) == 2 for side in r["sides"].values())
 
 
+ROOT_CHILD = """
+import gpt1f
+from benchmarks import common
+common.serve_steps(lambda: None, 'cpu', {'gpt1f': gpt1f.__file__})
+"""
+
+
+def test_a_step_process_imports_gpt1f_from_the_checkout_it_runs_in(tmp_path):
+    """bench_commits' sides each run their own tree's code, not the installed package."""
+    (tmp_path / "gpt1f").mkdir()
+    (tmp_path / "gpt1f" / "__init__.py").write_text("")
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")
+    (tmp_path / "root_child.py").write_text(ROOT_CHILD)
+    proc = common.StepProcess("root_child", [], root=tmp_path)
+    try:
+        assert proc.info["gpt1f"] == str(tmp_path / "gpt1f" / "__init__.py")
+        assert proc() >= 0
+    finally:
+        proc.close()
+
+
+def test_commits_benchmark_steps_a_revision_and_this_tree_in_turn():
+    from benchmarks import bench_commits
+    r = bench_commits.run("HEAD", quick=True, rounds=1, steps=2, warmup=1)
+    assert r["rev_commit"] == r["tree_commit"] == bench_commits.git("rev-parse", "HEAD")
+    assert {side: len(s["times_s"]) for side, s in r["sides"].items()} == {"rev": 2, "tree": 2}
+    assert sorted(r["tree_speedup"]["ratios"]) == pytest.approx(sorted(
+        a / b for a, b in zip(r["sides"]["rev"]["times_s"], r["sides"]["tree"]["times_s"])))
+    assert "gpt1f_rev_" not in bench_commits.git("worktree", "list")      # removed afterwards
+    with pytest.raises(ValueError, match="no-such-revision"):
+        bench_commits.run("no-such-revision", quick=True)
+
+
 def test_real_token_flops_equal_the_padded_formula_without_padding_and_count_less_with_it():
     cfg = gpt1f.Config.gpt1(n_ctx=77)
     assert common.train_flops_real(cfg, [77] * 16) == common.train_flops(cfg, 16 * 77)
