@@ -141,8 +141,12 @@ def main(argv=None) -> None:
                                       packed=args.packed, regional=args.regional,
                                       whole_step=args.whole_step)))
     else:
-        print(json.dumps(run(args.quick, args.compile, args.threads, args.packed, args.regional,
-                             args.whole_step), indent=1))
+        started = time.time()
+        result = run(args.quick, args.compile, args.threads, args.packed, args.regional,
+                     args.whole_step)
+        result["machine"] = common.machine_info("cpu")
+        result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+        print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
