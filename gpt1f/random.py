@@ -101,7 +101,7 @@ def _kept(bits: torch.Tensor, p: float, dtype) -> torch.Tensor:
 
     Written as integer arithmetic, not as a comparison: a comparison's bool tensor is what
     autograd's partitioner saves for backward, and inductor's CPU kernels store bools one element
-    at a time, many times slower than they store float32 (``benchmarks/results``).
+    at a time, many times slower than they store float32 (README, "Speed on CPU").
     """
     threshold = math.ceil(_float32(p) * (1 << 24)) if p > 0 else 0
     below = ((bits & 0xFFFFFF) - threshold) >> 31         # -1 below the threshold, else 0
