@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import common
-from benchmarks.bench_train import Setup
+from benchmarks.bench_train import MODES, Setup
 
 SIDES = ("rev", "tree")
 
@@ -40,14 +40,16 @@ def git(*args: str) -> str:
 
 @contextlib.contextmanager
 def worktree(rev: str):
-    """A detached checkout of ``rev`` in a temporary directory, removed afterwards. -> its path"""
+    """A detached checkout of ``rev`` in a temporary directory, removed afterwards.
+    -> (its path, the commit it is)"""
     commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    path = Path(tempfile.mkdtemp(prefix="gpt1f_rev_")) / "tree"
-    git("worktree", "add", "--detach", str(path), commit)
-    try:
-        yield path
-    finally:
-        git("worktree", "remove", "--force", str(path))
+    with tempfile.TemporaryDirectory(prefix="gpt1f_rev_") as tmp:
+        path = Path(tmp) / "tree"
+        git("worktree", "add", "--detach", str(path), commit)
+        try:
+            yield path, commit
+        finally:
+            git("worktree", "remove", "--force", str(path))
 
 
 def run(rev: str, *, quick: bool = False, mode: str = "default", rounds: int = 3, steps: int = 6,
@@ -58,7 +60,7 @@ def run(rev: str, *, quick: bool = False, mode: str = "default", rounds: int = 3
     setup_args = ["--serve", "gpt1f:train", *Setup(quick, "cpu", mode, None, None).argv()]
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     per_round = []
-    with worktree(rev) as rev_root:
+    with worktree(rev) as (rev_root, rev_commit):
         roots = {"rev": rev_root, "tree": common.REPO_ROOT}
         for _ in range(rounds):
             procs = {}
@@ -74,7 +76,7 @@ def run(rev: str, *, quick: bool = False, mode: str = "default", rounds: int = 3
                 times[side].extend(got[side])
     return {
         "benchmark": "commits", "quick": quick, "mode": mode,
-        "rev": rev, "rev_commit": git("rev-parse", f"{rev}^{{commit}}"),
+        "rev": rev, "rev_commit": rev_commit,
         "tree_commit": git("rev-parse", "HEAD"),
         "tree_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "method": "each round: both sides in fresh processes, stepped in turn after warm-up",
@@ -91,7 +93,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare this working tree against")
     parser.add_argument("--quick", action="store_true", help="the tiny config instead of 117M")
-    parser.add_argument("--mode", default="default", choices=["default", "eager", "regional", "step"])
+    parser.add_argument("--mode", default="default", choices=MODES)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
@@ -101,9 +103,7 @@ def main(argv=None) -> None:
     started = time.time()
     result = run(args.rev, quick=args.quick, mode=args.mode, rounds=args.rounds, steps=args.steps,
                  warmup=args.warmup)
-    result["machine"] = common.machine_info("cpu")
-    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-    print(json.dumps(result))
+    print(json.dumps(common.with_machine_and_date(result, "cpu", started)))
 
 
 if __name__ == "__main__":

@@ -144,9 +144,7 @@ def main(argv=None) -> None:
         started = time.time()
         result = run(args.quick, args.compile, args.threads, args.packed, args.regional,
                      args.whole_step)
-        result["machine"] = common.machine_info("cpu")
-        result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-        print(json.dumps(result, indent=1))
+        print(json.dumps(common.with_machine_and_date(result, "cpu", started), indent=1))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ QUICK_CFG = dict(n_vocab=500, n_special=3, n_ctx=24, n_embd=64, n_head=4, n_laye
 ROC_UPDATES, ROC_STORIES_PER_UPDATE = 138, 32  # the paper's run: 3 epochs of 46 updates of 32 stories
 KEYS = 1024                                     # dropout keys made up front, used in turn
 PEERS = {"transformers": "", "port": "_port"}   # peer side -> suffix of its result keys
+MODES = ("default", "eager", "regional", "step")  # gpt1f step modes (see mode_of)
 
 
 def bench_config(quick: bool) -> gpt1f.Config:
@@ -470,7 +471,7 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="gpt1f's step compiled as train_rocstories.py compiles it here (default); "
                         "--no-compile: eager")
-    parser.add_argument("--mode", choices=("default", "eager", "regional", "step"), default=None,
+    parser.add_argument("--mode", choices=MODES, default=None,
                         help="gpt1f's step: train_rocstories.py's default here, eager, regional or whole step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int)
@@ -523,9 +524,7 @@ def main(argv=None) -> None:
                  eager_side=args.eager_side, step_side=args.step_side, cold_cache=args.cold_cache,
                  packed=args.packed, port=args.port_dir, alone_rounds=args.alone)
     result["wall_s"] = time.perf_counter() - start
-    result["machine"] = common.machine_info(args.device)
-    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-    print(json.dumps(result))
+    print(json.dumps(common.with_machine_and_date(result, args.device, started)))
 
 
 if __name__ == "__main__":

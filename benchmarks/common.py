@@ -225,6 +225,13 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def with_machine_and_date(result: dict, device, started: float) -> dict:
+    """``result`` with the machine it ran on and its start (a ``time.time()``) as a UTC minute."""
+    result["machine"] = machine_info(device)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    return result
+
+
 def child_env(root: Path = REPO_ROOT) -> dict[str, str]:
     """This environment with the checkout ``root`` (default: this one) first on ``PYTHONPATH``,
     for ``python -m benchmarks.*``."""

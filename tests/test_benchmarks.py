@@ -395,8 +395,17 @@ def test_a_step_process_imports_gpt1f_from_the_checkout_it_runs_in(tmp_path):
 
 
 def test_commits_benchmark_steps_a_revision_and_this_tree_in_turn():
+    import tempfile
+    from pathlib import Path
+
     from benchmarks import bench_commits
+
+    def temp_checkouts():
+        return set(Path(tempfile.gettempdir()).glob("gpt1f_rev_*"))
+
+    before = temp_checkouts()
     r = bench_commits.run("HEAD", quick=True, rounds=1, steps=2, warmup=1)
+    assert temp_checkouts() == before                                    # its directory too
     assert r["rev_commit"] == r["tree_commit"] == bench_commits.git("rev-parse", "HEAD")
     assert {side: len(s["times_s"]) for side, s in r["sides"].items()} == {"rev": 2, "tree": 2}
     assert sorted(r["tree_speedup"]["ratios"]) == pytest.approx(sorted(
