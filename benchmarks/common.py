@@ -127,11 +127,16 @@ def ratio_summary(baseline: list[float], ours: list[float]) -> dict:
 # FLOPs and the machine's limit
 
 
-def matmul_peak(device, dtype: torch.dtype, *, n: int = 2048, reps: int = 10) -> dict:
+PEAK_N = {"cuda": 8192}   # a GPU needs a large product to reach its peak; elsewhere 2048^3
+
+
+def matmul_peak(device, dtype: torch.dtype, *, n: int | None = None, reps: int = 10) -> dict:
     """Measured matmul throughput: median of ``reps`` timed ``[n, n] @ [n, n]`` products.
 
     This is the practical peak the benchmarks' MFU is measured against (2 n^3 FLOP a product).
+    ``n``: default :data:`PEAK_N` for the device's type, else 2048 (the CPU peak of the issues).
     """
+    n = n or PEAK_N.get(torch.device(device).type, 2048)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
