@@ -30,15 +30,13 @@ def load_parts(out_dir: Path) -> dict[str, dict]:
         path = part_file(out_dir, part)
         if not path.exists():
             continue
+        text = path.read_text().strip()
         try:
-            parts[part] = {**json.loads(path.read_text().strip().splitlines()[-1]), "status": "ok"}
+            parts[part] = {**json.loads(text.splitlines()[-1]), "status": "ok"}
         except (ValueError, IndexError) as err:
-            parts[part] = {"status": "failed", "error": f"{path.name} holds no JSON result ({err})"}
+            why = f"({err})" if text else "(empty: stopped before it printed)"
+            parts[part] = {"status": "failed", "error": f"{path.name} holds no JSON result {why}"}
     return parts
-
-
-def gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
 def flops(per_s: float) -> str:
@@ -50,13 +48,14 @@ def train_lines(r: dict, label: str) -> list[str]:
     the speed-up over transformers; the fine-tune's step time against its target."""
     lines = [f"{label}: {r['train_compile']} gpt1f step, compile kwargs {r['compile_kwargs']}, "
              f"{r['config']['n_stories']} stories x {r['config']['n_choices']} x {r['config']['n_ctx']}, "
-             f"matmul peak {flops(r['peak_flops_per_s'])}"]
+             f"matmul peak {flops(r['peak_flops_per_s'])} at the start, "
+             f"{flops(r['peak_flops_per_s_at_end'])} at the end"]
     for part in ("train", "eval"):
         p = r[part]
         peaks = p.get("peak_gpu_memory_bytes", {})
         for side, s in p["sides"].items():
             lines.append(f"  {part} {side}: {run.fmt_s(s['median_s'])}, MFU {s['mfu']:.1%} padded / "
-                         f"{s['mfu_real']:.1%} real tokens, peak memory {gib(peaks.get(side))}")
+                         f"{s['mfu_real']:.1%} real tokens, peak memory {run.fmt_bytes(peaks.get(side))}")
         if "speedup" in p:
             lines.append(f"  {part}: {run.fmt_ratio(p['speedup'])} transformers' speed; "
                          f"gpt1f's first call {run.fmt_s(p['compile_s'])}")

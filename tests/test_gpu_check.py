@@ -78,6 +78,7 @@ def test_gpu_report_summarises_each_part(parts_dir, capsys):
     assert "fine-tune, 138 updates of 32 stories, step time: gpt1f 12.5 s, transformers 40.0 s " \
            "(target < 30 s: met)" in out
     assert "train gpt1f: " in out and "peak memory 1.00 GiB" in out and "peak memory 3.00 GiB" in out
+    assert "GFLOP/s at the start, " in out and "GFLOP/s at the end" in out
     assert "train: the padding-free gpt1f step runs 0.50x the speed of the train part's" in out
     assert "optimizer update alone vs AdamW: " in out
     report = json.loads(next(parts_dir.glob("*_quick.json")).read_text())
