@@ -392,10 +392,8 @@ def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int
     device, cfg, batch = setup.device, setup.cfg, setup.batch
     warmup = warmup if warmup is not None else (1 if quick else 3)
     steps = steps if steps is not None else (3 if quick else 8)
-    peak_kw = dict(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                   n=512 if quick else None)   # as benchmarks.run measures it
     if peak_flops is None:
-        peak_flops = common.matmul_peak(device, **peak_kw)["flops_per_s"]
+        peak_flops = common.benchmark_peak(device, quick)["flops_per_s"]
     tokens = batch["tokens"].numel()
     lengths = batch["lengths"].flatten().tolist()
     sides = (["gpt1f"] + (["gpt1f_eager"] if eager_side and setup.train_compile else [])
@@ -463,7 +461,7 @@ def run(quick: bool = False, device="cpu", mode: str = "default", *, warmup: int
             side: ROC_UPDATES * s["median_s"] for side, s in result["train"]["sides"].items()}
     result["finetune_estimate"] = finetune_estimate(result, setup.n_stories)
     # The same product once more: against the peak above, how much busier the machine was by the end.
-    result["peak_flops_per_s_at_end"] = common.matmul_peak(device, **peak_kw)["flops_per_s"]
+    result["peak_flops_per_s_at_end"] = common.benchmark_peak(device, quick)["flops_per_s"]
     return result
 
 

@@ -148,6 +148,13 @@ def matmul_peak(device, dtype: torch.dtype, *, n: int | None = None, reps: int =
             "flops_per_s": flop / statistics.median(times), "times_s": times}
 
 
+def benchmark_peak(device, quick: bool) -> dict:
+    """The peak the suite's MFU is against: :func:`matmul_peak` in bf16 on CUDA, float32
+    elsewhere; 512^3 for ``quick`` (tiny configs), else the device type's size."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return matmul_peak(device, dtype, n=512 if quick else None)
+
+
 def flop_params(cfg) -> int:
     """N in the FLOP formula: every parameter but the ``n_ctx`` position rows of ``we``
     (a position lookup is not a matmul; the token rows are, through the tied LM head)."""

@@ -327,9 +327,7 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True  # the peer gets the same setting
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak_n = 512 if args.quick else None   # None: common.PEAK_N, as bench_train measures it
-    args.peak = common.matmul_peak(device, peak_dtype, n=peak_n)
+    args.peak = common.benchmark_peak(device, args.quick)
     results = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
                "device": str(device), "compile": args.compile, "argv": argv,
                "environment": common.machine_info(device), "peak": args.peak,
